@@ -1,0 +1,73 @@
+"""Every metric name meshprobe exports, in one place: dashboards, alerts and tests import these.
+
+Renaming one is a breaking change for users' dashboards and alerts: note it in the changelog.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+PREFIX: Final = "meshprobe_"
+
+# Edge metrics: labels source_cluster, target_cluster, target, scope, probe.
+PROBE_SUCCESS: Final = "meshprobe_probe_success"
+PROBE_DURATION: Final = "meshprobe_probe_duration_seconds"
+PROBE_PHASE_DURATION: Final = "meshprobe_probe_phase_duration_seconds"
+PROBES: Final = "meshprobe_probes"  # counter: exposed as meshprobe_probes_total
+PROBE_FAILURES: Final = "meshprobe_probe_failures"  # counter, label reason
+LATENCY_BUDGET: Final = "meshprobe_latency_budget_seconds"
+PROBE_OVER_BUDGET: Final = "meshprobe_probe_over_budget"  # counter
+TLS_VERIFIED: Final = "meshprobe_tls_verified"
+TLS_CERT_EXPIRY: Final = "meshprobe_tls_cert_expiry_timestamp_seconds"  # label role
+TLS_PEER_INFO: Final = "meshprobe_tls_peer_info"  # labels identity, root_fingerprint_sha256
+SERVED: Final = "meshprobe_served"  # counter, label served_by_cluster
+
+# Instance metrics.
+TRUST_ROOT_INFO: Final = "meshprobe_trust_root_info"
+TRUST_ROOT_EXPIRY: Final = "meshprobe_trust_root_expiry_timestamp_seconds"
+PEER_UP: Final = "meshprobe_peer_up"
+PEER_TRUST_MATCH: Final = "meshprobe_peer_trust_match"
+TARGETS: Final = "meshprobe_targets"
+DISCOVERY_UP: Final = "meshprobe_discovery_up"
+DISCOVERY_ERRORS: Final = "meshprobe_discovery_errors"  # counter
+EVENT_LOOP_LAG: Final = "meshprobe_event_loop_lag_seconds"
+BUILD_INFO: Final = "meshprobe_build_info"
+CONFIG_RELOAD_SUCCESS: Final = "meshprobe_config_reload_success"
+CONFIG_RELOAD_TIMESTAMP: Final = "meshprobe_config_reload_timestamp_seconds"
+
+EDGE_LABELS: Final = ("source_cluster", "target_cluster", "target", "scope", "probe")
+
+# 0.5 ms to 10 s, dense between 1 ms and 300 ms where mesh latency budgets live.
+DURATION_BUCKETS: Final = (
+    0.0005,
+    0.001,
+    0.002,
+    0.003,
+    0.005,
+    0.0075,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.06,
+    0.075,
+    0.1,
+    0.125,
+    0.15,
+    0.2,
+    0.25,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
+
+# Lag past a few milliseconds means probe timings are inflated by our own process.
+LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)

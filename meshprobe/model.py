@@ -1,0 +1,206 @@
+"""Plain frozen values passed between discovery, scheduling, probing and export.
+
+Every layer talks in these types only, so a probe never needs to know about metrics and the
+exporter never needs to know how a probe was made (the cloudprober/blackbox split).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a probe failed: a closed enum, because it is a Prometheus label value."""
+
+    TIMEOUT = "timeout"
+    DNS = "dns"
+    CONNECT_REFUSED = "connect_refused"
+    CONNECT_ERROR = "connect_error"
+    RESET = "reset"
+    TLS_HANDSHAKE = "tls_handshake"
+    TLS_UNTRUSTED = "tls_untrusted"
+    TLS_EXPIRED = "tls_expired"
+    TLS_IDENTITY = "tls_identity"
+    HTTP_STATUS = "http_status"
+    BODY_MISMATCH = "body_mismatch"
+    BODY_TOO_LARGE = "body_too_large"
+    PROTOCOL = "protocol"
+
+
+class ProbeKind(StrEnum):
+    """The `probe` label: https targets are `http` probes that also carry TLS results."""
+
+    HTTP = "http"
+    TCP = "tcp"
+    TLS = "tls"
+
+
+class Scope(StrEnum):
+    LOCAL = "local"
+    REMOTE = "remote"
+
+
+class Phase(StrEnum):
+    """blackbox_exporter's phase names, so our users recognise them."""
+
+    RESOLVE = "resolve"
+    CONNECT = "connect"
+    TLS = "tls"
+    PROCESSING = "processing"
+    TRANSFER = "transfer"
+
+
+class CertRole(StrEnum):
+    LEAF = "leaf"
+    INTERMEDIATE = "intermediate"
+    ROOT = "root"
+
+
+SCHEME_KIND: Mapping[str, ProbeKind] = {
+    "http": ProbeKind.HTTP,
+    "https": ProbeKind.HTTP,
+    "tcp": ProbeKind.TCP,
+    "tls": ProbeKind.TLS,
+}
+
+# The reasons a probe of each kind can produce; the exporter pre-creates these failure counters at
+# zero so `increase()` sees the first failure of a new target.
+KIND_REASONS: Mapping[ProbeKind, tuple[Reason, ...]] = {
+    ProbeKind.TCP: (
+        Reason.TIMEOUT,
+        Reason.DNS,
+        Reason.CONNECT_REFUSED,
+        Reason.CONNECT_ERROR,
+        Reason.PROTOCOL,
+    ),
+    ProbeKind.TLS: (
+        Reason.TIMEOUT,
+        Reason.DNS,
+        Reason.CONNECT_REFUSED,
+        Reason.CONNECT_ERROR,
+        Reason.RESET,
+        Reason.TLS_HANDSHAKE,
+        Reason.TLS_UNTRUSTED,
+        Reason.TLS_EXPIRED,
+        Reason.TLS_IDENTITY,
+        Reason.PROTOCOL,
+    ),
+    ProbeKind.HTTP: tuple(Reason),
+}
+
+KIND_PHASES: Mapping[str, tuple[Phase, ...]] = {
+    "tcp": (Phase.RESOLVE, Phase.CONNECT),
+    "tls": (Phase.RESOLVE, Phase.CONNECT, Phase.TLS),
+    "http": (Phase.RESOLVE, Phase.CONNECT, Phase.PROCESSING, Phase.TRANSFER),
+    "https": tuple(Phase),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TLSOptions:
+    """Per-target TLS expectations."""
+
+    ca_file: str | None = None  # overrides the trust bundle for this target
+    identity: str | None = None  # expected SPIFFE URI SAN or DNS name of the leaf
+    server_name: str | None = None  # SNI and name check; defaults to the URL host
+    insecure_skip_verify: bool = False  # record the chain and verdict but never fail on it
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One edge to probe. Equal targets keep their scheduler loop across reloads."""
+
+    name: str  # the `target` label, e.g. production/api-server
+    url: str
+    scheme: str  # http|https|tcp|tls
+    host: str
+    port: int
+    path: str  # path plus query, "/" for tcp/tls
+    cluster: str  # the `target_cluster` label
+    scope: Scope
+    interval: float
+    timeout: float
+    budget: float
+    expected_status: frozenset[int] = frozenset()  # empty means any 2xx
+    body_regex: str | None = None
+    body_limit: int = 1024 * 1024
+    keepalive: bool = False
+    follow_redirects: bool = False
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = ()
+    tls: TLSOptions = field(default_factory=TLSOptions)
+    discovery: str = "static"
+
+    @property
+    def kind(self) -> ProbeKind:
+        return SCHEME_KIND[self.scheme]
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.scheme in ("https", "tls")
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        """The label identity of the edge; two targets with the same key would collide."""
+        return (self.name, self.cluster, self.kind.value)
+
+
+@dataclass(frozen=True, slots=True)
+class CertSummary:
+    """What we report about one certificate: public data only."""
+
+    subject: str
+    issuer: str
+    not_before: float  # unix seconds
+    not_after: float
+    fingerprint_sha256: str  # lowercase hex of the DER
+    role: CertRole
+    dns_names: tuple[str, ...] = ()
+    uris: tuple[str, ...] = ()
+    ip_addresses: tuple[str, ...] = ()
+    from_bundle: bool = False  # the root came from our bundle, not from the server
+
+
+@dataclass(frozen=True, slots=True)
+class TLSReport:
+    """The verdict on one presented chain, shared by the tls and https probes."""
+
+    verified: bool
+    reason: Reason | None  # tls_untrusted | tls_expired | tls_identity when not verified
+    detail: str
+    chain: tuple[CertSummary, ...]  # as presented by the server, leaf first
+    root: CertSummary | None  # the anchor from our bundle, or a self-signed cert the server sent
+    identity: str | None  # the leaf's SPIFFE ID, else its first DNS name, else its subject
+    version: str | None = None  # e.g. TLSv1.3
+    cipher: str | None = None
+
+    def earliest_expiry(self) -> dict[CertRole, float]:
+        """Earliest not_after per role over the presented chain plus the anchoring root."""
+        out: dict[CertRole, float] = {}
+        certs = list(self.chain)
+        if self.root is not None and all(
+            c.fingerprint_sha256 != self.root.fingerprint_sha256 for c in certs
+        ):
+            certs.append(self.root)
+        for cert in certs:
+            prev = out.get(cert.role)
+            if prev is None or cert.not_after < prev:
+                out[cert.role] = cert.not_after
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """The outcome of one probe run; the only thing a probe hands back."""
+
+    success: bool
+    duration: float  # seconds, the whole probe
+    reason: Reason | None = None
+    detail: str = ""  # human text for logs and `meshprobe probe`, never a label
+    phases: Mapping[Phase, float] = field(default_factory=dict)
+    status_code: int | None = None
+    served_by: str | None = None  # X-Meshprobe-Cluster of the answer
+    tls: TLSReport | None = None
+    body_bytes: int = 0

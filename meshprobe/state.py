@@ -1,0 +1,93 @@
+"""Cumulative per-edge results: what the exporter reads at each scrape.
+
+Everything here runs on the event loop thread, so a scrape sees a consistent snapshot without
+locks. Stats are keyed by the edge's label identity (`Target.key`): a target whose URL or budget
+changes keeps its counters; a removed target's stats are dropped, so its series vanish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+from meshprobe.histogram import Histogram
+from meshprobe.metricnames import DURATION_BUCKETS
+from meshprobe.model import KIND_REASONS, ProbeResult, Reason, Target, TLSReport
+
+
+@dataclass(slots=True)
+class EdgeStats:
+    target: Target
+    histogram: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    probes_total: int = 0
+    over_budget_total: int = 0
+    failures: dict[Reason, int] = field(default_factory=dict)
+    served: dict[str, int] = field(default_factory=dict)
+    last: ProbeResult | None = None
+    last_tls: TLSReport | None = None
+
+    def __post_init__(self) -> None:
+        for reason in KIND_REASONS[self.target.kind]:
+            self.failures.setdefault(reason, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    """A change of an edge's failure state: the only probe events worth a log line."""
+
+    target: Target
+    previous: Reason | None  # None: was healthy (or never probed, see `first`)
+    current: Reason | None
+    first: bool
+    detail: str
+
+
+class ProbeState:
+    def __init__(self) -> None:
+        self._edges: dict[tuple[str, str, str], EdgeStats] = {}
+
+    def set_targets(self, targets: Iterable[Target]) -> None:
+        """Adopt a new target set: new edges start at zero, removed edges are forgotten."""
+        wanted = {t.key: t for t in targets}
+        for key in list(self._edges):
+            if key not in wanted:
+                del self._edges[key]
+        for key, target in wanted.items():
+            stats = self._edges.get(key)
+            if stats is None:
+                self._edges[key] = EdgeStats(target)
+            else:
+                stats.target = target
+
+    def record(self, target: Target, result: ProbeResult) -> Transition | None:
+        """Fold one result in; returns the failure-state change it caused, if any."""
+        stats = self._edges.get(target.key)
+        if stats is None:  # a late result of a target removed meanwhile
+            return None
+        previous = stats.last
+        stats.probes_total += 1
+        stats.histogram.observe(result.duration)
+        if result.duration > stats.target.budget:
+            stats.over_budget_total += 1
+        if result.reason is not None:
+            stats.failures[result.reason] = stats.failures.get(result.reason, 0) + 1
+        if result.served_by:
+            stats.served[result.served_by] = stats.served.get(result.served_by, 0) + 1
+        if result.tls is not None:
+            stats.last_tls = result.tls
+        stats.last = result
+        before = previous.reason if previous is not None else None
+        if previous is None and result.success:
+            return None
+        if previous is not None and before == result.reason:
+            return None
+        return Transition(target, before, result.reason, previous is None, result.detail)
+
+    def edges(self) -> Iterator[EdgeStats]:
+        return iter(self._edges.values())
+
+    def get(self, target: Target) -> EdgeStats | None:
+        return self._edges.get(target.key)
+
+    def __len__(self) -> int:
+        return len(self._edges)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The whole test suite from a fresh Debian 12 machine (run as root): installs what the tests need
+# (Debian's prometheus + alertmanager for promtool and the end-to-end stack, a venv with the package
+# and its test extras), then runs lint, types and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+fi
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/pip install -q --disable-pip-version-check -e '.[test,fast]'
+
+.venv/bin/ruff check meshprobe tests bench
+.venv/bin/ruff format --check meshprobe tests bench
+.venv/bin/mypy
+exec .venv/bin/pytest -q "$@"

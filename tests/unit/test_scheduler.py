@@ -1,0 +1,124 @@
+"""The scheduler with a fake probe function: loops, bounds, reconcile. Real asyncio time, but every
+wait is on an event or a count, never a fixed sleep."""
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import replace
+
+from meshprobe.model import ProbeResult, Target
+from meshprobe.scheduler import Scheduler
+from tests.unit.test_state import target
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.changed = asyncio.Event()
+
+    def sink(self, t: Target, _: ProbeResult) -> None:
+        self.counts[t.name] += 1
+        self.changed.set()
+
+    async def until(self, predicate: "object", timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate():  # type: ignore[operator]
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def ok(_: Target) -> ProbeResult:
+    return ProbeResult(success=True, duration=0.001)
+
+
+async def test_each_target_runs_repeatedly_and_removed_ones_stop() -> None:
+    rec = Recorder()
+    sched = Scheduler(run=ok, sink=rec.sink, concurrency=10, rng=random.Random(1))
+    a, b = target("a", interval=0.02), target("b", interval=0.02)
+    assert sched.reconcile([a, b]) == (2, 0)
+    await rec.until(lambda: rec.counts["a"] >= 3 and rec.counts["b"] >= 3)
+    assert sched.reconcile([a]) == (0, 1)
+    frozen_b = rec.counts["b"]
+    target_a = rec.counts["a"] + 5
+    await rec.until(lambda: rec.counts["a"] >= target_a)
+    assert rec.counts["b"] == frozen_b
+    await sched.aclose()
+
+
+async def test_unchanged_target_keeps_its_loop_and_changed_target_restarts() -> None:
+    sched = Scheduler(run=ok, sink=lambda *_: None, concurrency=1)
+    a, b = target("a", interval=60.0), target("b", interval=60.0)
+    sched.reconcile([a, b])
+    loops = dict(sched._loops)  # noqa: SLF001 - the identity of the loop task is the point
+    b2 = replace(b, budget=0.9)
+    assert sched.reconcile([a, b2]) == (1, 1)
+    assert sched._loops[a] is loops[a]  # noqa: SLF001
+    assert loops[b].cancelled() or loops[b].cancelling()
+    await sched.aclose()
+
+
+async def test_concurrency_bound_is_never_exceeded() -> None:
+    running = 0
+    peak = 0
+    release = asyncio.Event()
+    rec = Recorder()
+
+    async def slow(_: Target) -> ProbeResult:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await release.wait()
+        running -= 1
+        return ProbeResult(success=True, duration=0.0)
+
+    sched = Scheduler(run=slow, sink=rec.sink, concurrency=3)
+    sched.reconcile([target(f"t{i}", interval=0.01, timeout=5.0) for i in range(10)])
+    async with asyncio.timeout(5):
+        while peak < 3:
+            await asyncio.sleep(0)
+    release.set()
+    await rec.until(lambda: sum(rec.counts.values()) >= 10)
+    assert peak == 3
+    await sched.aclose()
+
+
+async def test_a_probe_that_ignores_its_timeout_is_cut_and_reported() -> None:
+    results: list[ProbeResult] = []
+    got = asyncio.Event()
+
+    async def stuck(_: Target) -> ProbeResult:
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    def sink(_: Target, r: ProbeResult) -> None:
+        results.append(r)
+        got.set()
+
+    sched = Scheduler(run=stuck, sink=sink, concurrency=1, grace=0.0)
+    try:
+        sched.reconcile([target("x", interval=0.05, timeout=0.05)])
+        async with asyncio.timeout(5):
+            await got.wait()
+    finally:
+        await sched.aclose()
+    assert results[0].success is False
+    assert results[0].reason is not None and results[0].reason.value == "timeout"
+
+
+async def test_a_failing_sink_does_not_kill_the_loop() -> None:
+    calls = 0
+    done = asyncio.Event()
+
+    def sink(_: Target, __: ProbeResult) -> None:
+        nonlocal calls
+        calls += 1
+        if calls >= 3:
+            done.set()
+        raise RuntimeError("export bug")
+
+    sched = Scheduler(run=ok, sink=sink, concurrency=1)
+    sched.reconcile([target("x", interval=0.01)])
+    async with asyncio.timeout(5):
+        await done.wait()
+    await sched.aclose()
+    assert calls >= 3

@@ -1,0 +1,73 @@
+from dataclasses import replace
+
+from meshprobe.model import KIND_REASONS, ProbeKind, ProbeResult, Reason, Scope, Target
+from meshprobe.state import ProbeState
+
+
+def target(name: str = "ns/svc", scheme: str = "http", **kw: object) -> Target:
+    base = Target(
+        name=name,
+        url=f"{scheme}://127.0.0.1:1/",
+        scheme=scheme,
+        host="127.0.0.1",
+        port=1,
+        path="/",
+        cluster="c2",
+        scope=Scope.REMOTE,
+        interval=1.0,
+        timeout=0.5,
+        budget=0.1,
+    )
+    return replace(base, **kw)  # type: ignore[arg-type]
+
+
+def test_new_edge_starts_with_zero_counters_for_its_kind() -> None:
+    state = ProbeState()
+    state.set_targets([target(scheme="tcp")])
+    (edge,) = state.edges()
+    assert edge.probes_total == 0
+    assert set(edge.failures) == set(KIND_REASONS[ProbeKind.TCP])
+    assert all(v == 0 for v in edge.failures.values())
+
+
+def test_record_counts_failures_budget_and_who_answered() -> None:
+    state = ProbeState()
+    t = target()
+    state.set_targets([t])
+    state.record(t, ProbeResult(success=True, duration=0.05, served_by="c2"))
+    state.record(t, ProbeResult(success=True, duration=0.2, served_by="c1"))
+    state.record(t, ProbeResult(success=False, duration=0.5, reason=Reason.TIMEOUT))
+    edge = state.get(t)
+    assert edge is not None
+    assert edge.probes_total == 3
+    assert edge.over_budget_total == 2
+    assert edge.failures[Reason.TIMEOUT] == 1
+    assert edge.served == {"c2": 1, "c1": 1}
+
+
+def test_transitions_only_on_failure_state_change() -> None:
+    state = ProbeState()
+    t = target()
+    state.set_targets([t])
+    ok = ProbeResult(success=True, duration=0.01)
+    bad = ProbeResult(success=False, duration=0.01, reason=Reason.RESET)
+    assert state.record(t, ok) is None  # healthy from the start: nothing to say
+    first = state.record(t, bad)
+    assert first is not None and first.previous is None and first.current is Reason.RESET
+    assert state.record(t, bad) is None  # still failing the same way: no new line
+    back = state.record(t, ok)
+    assert back is not None and back.current is None and back.previous is Reason.RESET
+
+
+def test_removed_edge_is_forgotten_and_changed_edge_keeps_counters() -> None:
+    state = ProbeState()
+    a, b = target("a"), target("b")
+    state.set_targets([a, b])
+    state.record(a, ProbeResult(success=True, duration=0.01))
+    a2 = replace(a, budget=0.3, url="http://127.0.0.1:2/")
+    state.set_targets([a2])
+    assert [e.target for e in state.edges()] == [a2]
+    edge = state.get(a2)
+    assert edge is not None and edge.probes_total == 1
+    assert state.record(b, ProbeResult(success=True, duration=0.01)) is None
+    assert state.get(b) is None

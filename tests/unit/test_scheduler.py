@@ -4,6 +4,7 @@ wait is on an event or a count, never a fixed sleep."""
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import replace
 
 from meshprobe.model import ProbeResult, Target
@@ -20,9 +21,9 @@ class Recorder:
         self.counts[t.name] += 1
         self.changed.set()
 
-    async def until(self, predicate: "object", timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not predicate():  # type: ignore[operator]
+    async def until(self, predicate: Callable[[], bool]) -> None:
+        async with asyncio.timeout(5.0):
+            while not predicate():
                 self.changed.clear()
                 await self.changed.wait()
 
@@ -49,10 +50,10 @@ async def test_unchanged_target_keeps_its_loop_and_changed_target_restarts() -> 
     sched = Scheduler(run=ok, sink=lambda *_: None, concurrency=1)
     a, b = target("a", interval=60.0), target("b", interval=60.0)
     sched.reconcile([a, b])
-    loops = dict(sched._loops)  # noqa: SLF001 - the identity of the loop task is the point
+    loops = dict(sched._loops)
     b2 = replace(b, budget=0.9)
     assert sched.reconcile([a, b2]) == (1, 1)
-    assert sched._loops[a] is loops[a]  # noqa: SLF001
+    assert sched._loops[a] is loops[a]
     assert loops[b].cancelled() or loops[b].cancelling()
     await sched.aclose()
 
@@ -61,12 +62,15 @@ async def test_concurrency_bound_is_never_exceeded() -> None:
     running = 0
     peak = 0
     release = asyncio.Event()
+    saturated = asyncio.Event()
     rec = Recorder()
 
     async def slow(_: Target) -> ProbeResult:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
+        if running == 3:
+            saturated.set()
         await release.wait()
         running -= 1
         return ProbeResult(success=True, duration=0.0)
@@ -74,8 +78,7 @@ async def test_concurrency_bound_is_never_exceeded() -> None:
     sched = Scheduler(run=slow, sink=rec.sink, concurrency=3)
     sched.reconcile([target(f"t{i}", interval=0.01, timeout=5.0) for i in range(10)])
     async with asyncio.timeout(5):
-        while peak < 3:
-            await asyncio.sleep(0)
+        await saturated.wait()
     release.set()
     await rec.until(lambda: sum(rec.counts.values()) >= 10)
     assert peak == 3

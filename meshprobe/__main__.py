@@ -1,0 +1,3 @@
+from meshprobe.cli import main
+
+raise SystemExit(main())

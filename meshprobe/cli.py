@@ -1,0 +1,167 @@
+"""Command line: run, check, probe, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Sequence
+from pathlib import Path
+from typing import Any
+
+from meshprobe import __version__
+
+EXIT_INVALID_CONFIG = 2
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop when it is installed (the `fast` extra), else the stdlib loop."""
+    if os.environ.get("MESHPROBE_LOOP", "auto") == "asyncio":
+        return None
+    try:
+        import uvloop  # noqa: PLC0415 - optional dependency
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def run_async(main: Coroutine[Any, Any, int]) -> int:
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(main)
+
+
+def _config_path(args: argparse.Namespace) -> Path | None:
+    value = args.config or os.environ.get("MESHPROBE_CONFIG")
+    return Path(value) if value else None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from meshprobe.config import ConfigError, format_issues, load_settings, summarize  # noqa: PLC0415
+
+    path = _config_path(args)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"config invalid: {path}", file=sys.stderr)
+        print(format_issues(exc.errors), file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    print(summarize(settings))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from meshprobe.config import ConfigError, format_issues, load_settings  # noqa: PLC0415
+    from meshprobe.logsetup import configure_logging  # noqa: PLC0415
+
+    path = _config_path(args)
+    try:
+        settings = load_settings(path)
+    except ConfigError as exc:
+        print(f"config invalid, not starting: {path}", file=sys.stderr)
+        print(format_issues(exc.errors), file=sys.stderr)
+        return EXIT_INVALID_CONFIG
+    configure_logging(settings.log_level, settings.log_format)
+    return run_async(_run_daemon(settings, path))
+
+
+async def _run_daemon(settings: Any, path: Path | None) -> int:
+    from meshprobe.daemon import Daemon  # noqa: PLC0415
+
+    daemon = Daemon(settings, config_path=path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload)
+    try:
+        await daemon.run(stop)
+    except OSError as exc:  # e.g. the listen address is taken
+        print(f"meshprobe: cannot start: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from meshprobe.oneshot import probe_once  # noqa: PLC0415
+
+    return run_async(
+        probe_once(
+            args.url,
+            kind=args.kind,
+            ca_file=args.ca_file,
+            identity=args.identity,
+            timeout=args.timeout,
+            insecure=args.insecure,
+        )
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from meshprobe.demo import run_demo  # noqa: PLC0415
+
+    return run_async(
+        run_demo(
+            ca_mismatch=args.ca_mismatch,
+            listen=args.listen,
+            duration=args.duration,
+            interval=args.interval,
+        )
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meshprobe",
+        description="Latency, failover and TLS-trust prober for multi-cluster service meshes.",
+    )
+    parser.add_argument("--version", action="version", version=f"meshprobe {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon")
+    run.add_argument("--config", help="config file (default: $MESHPROBE_CONFIG)")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config file; exit 2 when invalid")
+    check.add_argument("--config", help="config file (default: $MESHPROBE_CONFIG)")
+    check.set_defaults(func=cmd_check)
+
+    probe = sub.add_parser("probe", help="probe one URL once and explain the result")
+    probe.add_argument("url", help="http://, https://, tcp://host:port or tls://host:port")
+    probe.add_argument(
+        "--kind", choices=["http", "https", "tcp", "tls"], help="override the URL's scheme"
+    )
+    probe.add_argument("--ca-file", help="PEM bundle to verify against (default: system roots)")
+    probe.add_argument("--identity", help="expected SPIFFE ID or DNS name of the server")
+    probe.add_argument("--timeout", default="5s", help="e.g. 2s, 500ms (default 5s)")
+    probe.add_argument(
+        "--insecure", action="store_true", help="report the chain and verdict but do not fail on it"
+    )
+    probe.set_defaults(func=cmd_probe)
+
+    demo = sub.add_parser("demo", help="two simulated clusters on loopback, live table")
+    demo.add_argument(
+        "--ca-mismatch", action="store_true", help="issue cluster2 from a different root CA"
+    )
+    demo.add_argument(
+        "--listen", default="127.0.1.1:9942", help="where the cluster1 meshprobe serves /metrics"
+    )
+    demo.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="stop after this many seconds (default: until Ctrl-C)",
+    )
+    demo.add_argument("--interval", default="1s", help="probe interval (default 1s)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        return 130

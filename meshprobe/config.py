@@ -1,0 +1,395 @@
+"""The configuration file and `MESHPROBE_*` environment, validated into frozen values.
+
+Validation is strict (unknown keys are errors) because a misspelt `tiemout:` silently falling back
+to a default is the kind of mistake that makes a prober lie. Everything here is checked before the
+daemon starts or a reload is accepted; probes receive only `model.Target` values.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+from pydantic_settings.exceptions import SettingsError
+
+from meshprobe.config_errors import (
+    ConfigError,
+    ConfigIssue,
+    Loc,
+    format_issues,
+    issues_from_validation_error,
+    raise_cross_field,
+)
+from meshprobe.config_sources import (
+    CONFIG_ENV,
+    LOADING,
+    EnvironSource,
+    LoadSources,
+    MappingSource,
+    loading,
+)
+from meshprobe.config_types import (
+    ByteSize,
+    ClusterName,
+    Duration,
+    HttpStatus,
+    NonEmpty,
+    parse_byte_size,
+    split_host_port,
+    split_url,
+)
+from meshprobe.config_yaml import read_yaml_mapping
+from meshprobe.durations import format_duration
+from meshprobe.model import SCHEME_KIND, Scope, Target, TLSOptions
+
+__all__ = [
+    "Budget",
+    "ConfigError",
+    "ConfigIssue",
+    "Defaults",
+    "PeerSpec",
+    "Settings",
+    "TLSSpec",
+    "TargetSpec",
+    "Trust",
+    "format_issues",
+    "load_settings",
+    "load_settings_from_mapping",
+    "parse_byte_size",
+    "summarize",
+]
+
+ENV_PREFIX = "MESHPROBE_"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_METHOD = re.compile(r"[A-Z]+")
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Budget(_Frozen):
+    local: Duration = 0.050
+    remote: Duration = 0.150
+
+
+class Defaults(_Frozen):
+    interval: Duration = 10.0
+    timeout: Duration = 2.0
+    budget: Budget = Budget()
+    body_limit: ByteSize = 1024 * 1024
+
+    @model_validator(mode="after")
+    def _timeout_fits(self) -> Defaults:
+        if self.timeout > self.interval:
+            raise_cross_field([(("timeout",), _too_long(self.timeout, self.interval, ""))])
+        return self
+
+
+class Trust(_Frozen):
+    # Only shape is checked: whether the bundle parses is the trust loader's job, and it reports
+    # that with the PEM's own errors.
+    bundle_file: NonEmpty | None = None
+    trust_domain: NonEmpty = "cluster.local"
+
+    @field_validator("trust_domain")
+    @classmethod
+    def _domain(cls, value: str) -> str:
+        if any(c in value for c in "/: \t"):
+            raise ValueError(f"invalid trust domain {value!r}: a bare name like cluster.local")
+        return value
+
+
+class TLSSpec(_Frozen):
+    ca_file: NonEmpty | None = None
+    identity: NonEmpty | None = None
+    server_name: NonEmpty | None = None
+    insecure_skip_verify: bool = False
+
+
+class TargetSpec(_Frozen):
+    name: NonEmpty
+    url: str
+    cluster: ClusterName | None = None  # None: the cluster this instance runs in
+    interval: Duration | None = None
+    timeout: Duration | None = None
+    budget: Duration | None = None
+    expected_status: list[HttpStatus] = []
+    body_regex: str | None = None
+    body_limit: ByteSize | None = None
+    keepalive: bool = False
+    follow_redirects: bool = False
+    method: str = "GET"
+    headers: dict[str, str] = {}
+    tls: TLSSpec | None = None
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        parts = split_url(value, tuple(SCHEME_KIND))
+        if parts.scheme in ("tcp", "tls"):
+            if parts.port is None:
+                raise ValueError(f"{parts.scheme} URLs need an explicit port, e.g. host:443")
+            if parts.path not in ("", "/") or parts.query:
+                raise ValueError(f"{parts.scheme} URLs take no path or query")
+        return value.strip()
+
+    @field_validator("body_regex")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+        return value
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str) -> str:
+        if not _METHOD.fullmatch(value.upper()):
+            raise ValueError(f"invalid HTTP method {value!r}")
+        return value.upper()
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not key or any(c in key + val for c in "\r\n") or ":" in key:
+                raise ValueError(f"invalid header {key!r}: empty name, ':' or a line break")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_needs_tls_scheme(self) -> TargetSpec:
+        scheme = urlsplit(self.url).scheme
+        if self.tls is not None and scheme not in ("https", "tls"):
+            reason = f"tls options need an https:// or tls:// url, not {scheme}://"
+            raise_cross_field([(("tls",), reason)])
+        return self
+
+    @property
+    def scheme(self) -> str:
+        return urlsplit(self.url).scheme
+
+
+class PeerSpec(_Frozen):
+    cluster: ClusterName
+    url: str
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        split_url(value, ("http", "https"))
+        return value.strip()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        extra="forbid",
+        frozen=True,
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        case_sensitive=False,
+    )
+
+    cluster: ClusterName
+    listen: str = "0.0.0.0:9942"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    concurrency: int = Field(default=256, ge=1)
+    defaults: Defaults = Defaults()
+    trust: Trust = Trust()
+    targets: list[TargetSpec] = []
+    peers: list[PeerSpec] = []
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Earlier sources win: explicit arguments, then the environment, then the file."""
+        current = LOADING.get()
+        if current is None:
+            return (init_settings, env_settings)
+        return (
+            init_settings,
+            EnvironSource(settings_cls, current.environ),
+            MappingSource(settings_cls, current.file_data),
+        )
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Settings:
+        issues: list[tuple[Loc, str]] = []
+        seen: dict[tuple[str, str, str], int] = {}
+        for i, spec in enumerate(self.targets):
+            key = (spec.name, self.target_cluster(spec), SCHEME_KIND[spec.scheme].value)
+            if key in seen:
+                reason = (
+                    f"duplicate target: name {key[0]!r}, cluster {key[1]!r}, probe {key[2]} "
+                    f"is already defined at targets.{seen[key]}"
+                )
+                issues.append((("targets", i), reason))
+            seen.setdefault(key, i)
+            interval = spec.interval or self.defaults.interval
+            timeout = spec.timeout or self.defaults.timeout
+            if timeout > interval:
+                field = "timeout" if spec.timeout is not None else "interval"
+                note = "" if spec.timeout is not None else " (timeout from defaults)"
+                issues.append((("targets", i, field), _too_long(timeout, interval, note)))
+        peer_at: dict[str, int] = {}
+        for i, peer in enumerate(self.peers):
+            if peer.cluster == self.cluster:
+                reason = f"peer {peer.cluster!r} is this instance's own cluster"
+                issues.append((("peers", i, "cluster"), reason))
+            elif peer.cluster in peer_at:
+                reason = (
+                    f"duplicate peer {peer.cluster!r}, already at peers.{peer_at[peer.cluster]}"
+                )
+                issues.append((("peers", i, "cluster"), reason))
+            peer_at.setdefault(peer.cluster, i)
+        if issues:
+            raise_cross_field(issues)
+        return self
+
+    def target_cluster(self, spec: TargetSpec) -> str:
+        return spec.cluster or self.cluster
+
+    def listen_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.listen)
+
+    def build_targets(self) -> list[Target]:
+        return [self._build_target(spec) for spec in self.targets]
+
+    def _build_target(self, spec: TargetSpec) -> Target:
+        parts = urlsplit(spec.url)
+        scheme = parts.scheme
+        host = parts.hostname or ""
+        port = parts.port if parts.port is not None else _DEFAULT_PORTS[scheme]
+        path = "/"
+        if scheme in _DEFAULT_PORTS:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        cluster = self.target_cluster(spec)
+        scope = Scope.LOCAL if cluster == self.cluster else Scope.REMOTE
+        scope_budget = (
+            self.defaults.budget.local if scope is Scope.LOCAL else self.defaults.budget.remote
+        )
+        tls = spec.tls or TLSSpec()
+        return Target(
+            name=spec.name,
+            url=spec.url,
+            scheme=scheme,
+            host=host,
+            port=port,
+            path=path,
+            cluster=cluster,
+            scope=scope,
+            interval=spec.interval or self.defaults.interval,
+            timeout=spec.timeout or self.defaults.timeout,
+            budget=spec.budget or scope_budget,
+            expected_status=frozenset(spec.expected_status),
+            body_regex=spec.body_regex,
+            body_limit=spec.body_limit or self.defaults.body_limit,
+            keepalive=spec.keepalive,
+            follow_redirects=spec.follow_redirects,
+            method=spec.method,
+            headers=tuple(sorted(spec.headers.items())),
+            tls=TLSOptions(
+                ca_file=tls.ca_file,
+                identity=tls.identity,
+                server_name=tls.server_name,
+                insecure_skip_verify=tls.insecure_skip_verify,
+            ),
+            discovery="static",
+        )
+
+
+def _too_long(timeout: float, interval: float, note: str) -> str:
+    return (
+        f"timeout {format_duration(timeout)} is longer than the interval "
+        f"{format_duration(interval)}{note}; a probe must finish before the next one starts"
+    )
+
+
+def load_settings(path: str | Path | None, *, environ: Mapping[str, str] | None = None) -> Settings:
+    """Load file plus environment, raising ConfigError with every problem found.
+
+    `environ` defaults to os.environ; with `path` None the file named by MESHPROBE_CONFIG is read,
+    and with neither the environment alone must be enough.
+    """
+    if environ is None:
+        environ = dict(os.environ)
+    if path is None:
+        path = environ.get(CONFIG_ENV) or None
+    if path is None:
+        return _validate({}, environ, "<env>")
+    return _validate(read_yaml_mapping(Path(path)), environ, str(path))
+
+
+def load_settings_from_mapping(
+    data: Mapping[str, Any], *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate an in-memory config (one-shot probes, tests) with the same errors as a file.
+
+    Unlike `load_settings` the environment is not read unless given: the caller built the whole
+    config, and a stray MESHPROBE_CLUSTER in a shell should not change a one-shot probe.
+    """
+    return _validate(data, environ or {}, "<mapping>")
+
+
+def _validate(file_data: Mapping[str, Any], environ: Mapping[str, str], source: str) -> Settings:
+    try:
+        with loading(LoadSources(file_data=file_data, environ=environ)):
+            return Settings()  # type: ignore[call-arg]  # fields come from the sources
+    except ValidationError as exc:
+        raise ConfigError(issues_from_validation_error(exc), source) from None
+    except SettingsError as exc:
+        # pydantic-settings only fails here on a complex value that is not JSON.
+        found = re.search(r'field "([^"]+)"', str(exc))
+        name = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "a MESHPROBE_ variable"
+        issue = ConfigIssue("<env>", f"{name} is not valid JSON for a list or mapping value")
+        raise ConfigError([issue], source) from None
+
+
+def summarize(settings: Settings) -> str:
+    """The one line `check` and the startup log print, so a user sees what was understood."""
+    targets = settings.build_targets()
+    local = sum(1 for t in targets if t.scope is Scope.LOCAL)
+    peers = len(settings.peers)
+    trust = settings.trust
+    bundle = f"trust bundle {trust.bundle_file}" if trust.bundle_file else "no trust bundle"
+    return (
+        f"config OK: cluster {settings.cluster}, listen {settings.listen}, "
+        f"{_plural(len(targets), 'target')} ({local} local, {len(targets) - local} remote), "
+        f"{_plural(peers, 'peer')}, {bundle} (domain {trust.trust_domain})"
+    )
+
+
+def _plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"

@@ -1,0 +1,122 @@
+"""Value types for the config models: durations, sizes, names, addresses and URLs.
+
+Each validator raises ValueError with a message written for the person editing the file, because
+`config_errors` shows that message verbatim next to the field path.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated
+from urllib.parse import SplitResult, urlsplit
+
+from pydantic import AfterValidator, BeforeValidator
+
+from meshprobe.durations import parse_duration
+
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9_]([-A-Za-z0-9_]*[A-Za-z0-9])?(\.[A-Za-z0-9_-]+)*\.?"
+)
+_SIZE = re.compile(r"(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?", re.IGNORECASE)
+_SIZE_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+}
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)  # type: ignore[arg-type]  # rejects non-numbers itself
+    if seconds <= 0:
+        raise ValueError(f"invalid duration {value!r}: must be greater than zero")
+    return seconds
+
+
+def parse_byte_size(value: object) -> int:
+    """Bytes from `1048576`, `"1MiB"` or `"512KiB"`, so body limits read the way people think."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = value
+    elif isinstance(value, str) and (match := _SIZE.fullmatch(value.strip())):
+        size = int(match.group(1)) * _SIZE_UNITS[(match.group(2) or "b").lower()]
+    else:
+        raise ValueError(
+            f"invalid size {value!r}: expected bytes as an integer or with a unit "
+            "B, KB, MB, GB, KiB, MiB, GiB (e.g. 1MiB, 512KiB)"
+        )
+    if size <= 0:
+        raise ValueError(f"invalid size {value!r}: must be greater than zero")
+    return size
+
+
+def _dns_label(value: str) -> str:
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            f"invalid cluster name {value!r}: use lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be empty")
+    return value
+
+
+def _http_status(value: int) -> int:
+    if not 100 <= value <= 599:
+        raise ValueError(f"HTTP status {value} is out of range (expected 100..599)")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(_positive_duration)]
+ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
+ClusterName = Annotated[str, AfterValidator(_dns_label)]
+NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+HttpStatus = Annotated[int, AfterValidator(_http_status)]
+
+
+def split_host_port(text: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port`; brackets are required for IPv6 so the port is unambiguous."""
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"invalid listen address {text!r}: expected [ipv6]:port")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"invalid listen address {text!r}: {host!r} is not IPv6") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError(
+                f"invalid listen address {text!r}: expected host:port, e.g. 0.0.0.0:9942"
+            )
+        if ":" in host:
+            raise ValueError(f"invalid listen address {text!r}: write IPv6 hosts as [::]:9942")
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"invalid listen address {text!r}: bad host {host!r}")
+    # Port 0 asks the kernel for a free port (tests, the demo); the bound port is logged.
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"invalid listen address {text!r}: port must be 0..65535")
+    return host, int(port_text)
+
+
+def split_url(text: str, allowed: tuple[str, ...]) -> SplitResult:
+    parts = urlsplit(text.strip())
+    if parts.scheme not in allowed:
+        shown = parts.scheme or "(none)"
+        raise ValueError(f"unknown scheme {shown!r} (expected one of {', '.join(allowed)})")
+    if not parts.hostname:
+        raise ValueError(f"invalid URL {text!r}: no host")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError(f"invalid URL {text!r}: bad port") from None
+    return parts

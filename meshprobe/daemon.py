@@ -1,0 +1,207 @@
+"""Wiring: settings → probe environment, scheduler, state, exporter and HTTP listener.
+
+One `Daemon` owns every long-lived object; `meshprobe run`, the demo and the tests all drive the
+same class, so there is one start-up and one shutdown path to get right.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, ProcessCollector
+
+from meshprobe.config import ConfigError, Settings, format_issues, load_settings
+from meshprobe.exporter import InstanceStatus, MeshprobeCollector
+from meshprobe.identity import identity_document
+from meshprobe.logsetup import configure_logging
+from meshprobe.looplag import monitor_loop_lag
+from meshprobe.model import ProbeResult, Target
+from meshprobe.probes import ProbeEnv, run_probe
+from meshprobe.scheduler import Scheduler
+from meshprobe.server import build_app, start_site
+from meshprobe.state import ProbeState, Transition
+from meshprobe.tlscheck import TrustAnchors
+
+log = structlog.get_logger(__name__)
+
+ResultListener = Callable[[Target, ProbeResult], None]
+
+
+def load_bundle(settings: Settings) -> TrustAnchors | None:
+    path = settings.trust.bundle_file
+    return TrustAnchors.from_file(path) if path else None
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        config_path: Path | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self._environ = environ
+        self.state = ProbeState()
+        self.status = InstanceStatus(config_reload_timestamp=time.time())
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(
+            MeshprobeCollector(
+                source_cluster=settings.cluster, state=self.state, status=self.status
+            )
+        )
+        ProcessCollector(registry=self.registry)
+        self.ready = False
+        self.port: int | None = None
+        self.listeners: list[ResultListener] = []
+        self._env: ProbeEnv | None = None
+        self._scheduler: Scheduler | None = None
+        self._runner: web.AppRunner | None = None
+        self._lag_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle -----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.settings
+        bundle = load_bundle(settings)
+        self.status.bundle = bundle
+        self._env = await ProbeEnv.create(
+            source_cluster=settings.cluster,
+            anchors=bundle if bundle is not None else TrustAnchors.system(),
+            trust_domain=settings.trust.trust_domain,
+        )
+        env = self._env
+        self._scheduler = Scheduler(
+            run=lambda target: run_probe(target, env),
+            sink=self._on_result,
+            concurrency=settings.concurrency,
+        )
+        app = build_app(
+            cluster=settings.cluster,
+            identity=self._identity,
+            registry=self.registry,
+            ready=lambda: self.ready,
+        )
+        host, port = settings.listen_host_port()
+        self._runner, self.port = await start_site(app, host, port)
+        self._lag_task = asyncio.create_task(monitor_loop_lag(self.status.loop_lag))
+        self._apply_targets(settings)
+        self.ready = True
+        log.info(
+            "meshprobe started",
+            cluster=settings.cluster,
+            listen=f"{host}:{self.port}",
+            targets=len(self.state),
+        )
+
+    async def stop(self) -> None:
+        """Cancel in-flight probes and close the listener; bounded so SIGTERM ends within 5 s."""
+        self.ready = False
+        if self._scheduler is not None:
+            await self._scheduler.aclose()
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lag_task
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._env is not None:
+            await self._env.aclose()
+        log.info("meshprobe stopped", cluster=self.settings.cluster)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.start()
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    # -- configuration -------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        """Re-read the config file (SIGHUP). A bad file is logged and the old config keeps
+        running; `meshprobe_config_reload_success` tells the alerting side."""
+        try:
+            new = load_settings(self.config_path, environ=self._environ)
+            bundle = load_bundle(new)
+        except ConfigError as exc:
+            self.status.config_reload_success = False
+            log.error(
+                "config reload failed, keeping the running config",
+                errors=format_issues(exc.errors).splitlines(),
+            )
+            return False
+        except (OSError, ValueError) as exc:
+            self.status.config_reload_success = False
+            log.error("config reload failed, keeping the running config", error=str(exc))
+            return False
+        for field in ("cluster", "listen"):
+            if getattr(new, field) != getattr(self.settings, field):
+                log.warning("setting changes only on restart", field=field)
+        configure_logging(new.log_level, new.log_format)
+        self.settings = new.model_copy(
+            update={"cluster": self.settings.cluster, "listen": self.settings.listen}
+        )
+        self.status.bundle = bundle
+        if self._env is not None:
+            self._env.anchors = bundle if bundle is not None else TrustAnchors.system()
+            self._env.trust_domain = new.trust.trust_domain
+        self._apply_targets(self.settings)
+        self.status.config_reload_success = True
+        self.status.config_reload_timestamp = time.time()
+        log.info("config reloaded", targets=len(self.state))
+        return True
+
+    def _apply_targets(self, settings: Settings) -> None:
+        assert self._scheduler is not None and self._env is not None
+        targets = settings.build_targets()
+        before = self._scheduler.targets
+        self.state.set_targets(targets)
+        added, removed = self._scheduler.reconcile(targets)
+        for target in before - set(targets):
+            self._env.forget(target)
+        if added or removed:
+            log.info("targets reconciled", added=added, removed=removed, total=len(targets))
+
+    # -- results -------------------------------------------------------------------------------
+
+    def _on_result(self, target: Target, result: ProbeResult) -> None:
+        transition = self.state.record(target, result)
+        if transition is not None:
+            _log_transition(transition)
+        for listener in self.listeners:
+            listener(target, result)
+
+    def _identity(self) -> dict[str, Any]:
+        return identity_document(
+            cluster=self.settings.cluster,
+            trust_domain=self.settings.trust.trust_domain,
+            bundle=self.status.bundle,
+        )
+
+
+def _log_transition(t: Transition) -> None:
+    fields = {
+        "target": t.target.name,
+        "target_cluster": t.target.cluster,
+        "probe": t.target.kind.value,
+        "url": t.target.url,
+    }
+    if t.current is None:
+        log.info("probe recovered", previous_reason=t.previous, **fields)
+    else:
+        log.warning(
+            "probe failing",
+            reason=t.current.value,
+            previous_reason=t.previous,
+            detail=t.detail,
+            **fields,
+        )

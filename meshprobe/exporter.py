@@ -1,0 +1,179 @@
+"""The custom collector: metric families rebuilt from ProbeState at every scrape.
+
+Building fresh families (rather than keeping prometheus_client metric objects) is what makes a
+removed target's series disappear at the next scrape, as client_python's docs recommend for
+exporters that mirror external state.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
+
+from meshprobe import __version__
+from meshprobe import metricnames as m
+from meshprobe.histogram import Histogram
+from meshprobe.model import KIND_PHASES, CertRole
+from meshprobe.state import EdgeStats, ProbeState
+from meshprobe.tlscheck import TrustAnchors, summarize
+
+
+@dataclass(slots=True)
+class InstanceStatus:
+    """Facts about this meshprobe process that are not per edge."""
+
+    config_reload_success: bool = True
+    config_reload_timestamp: float = 0.0
+    loop_lag: Histogram = field(default_factory=lambda: Histogram(m.LOOP_LAG_BUCKETS))
+    bundle: TrustAnchors | None = None  # the configured trust bundle; None when not configured
+
+
+class MeshprobeCollector(Collector):
+    def __init__(
+        self,
+        *,
+        source_cluster: str,
+        state: ProbeState,
+        status: InstanceStatus,
+        extra: Iterable[Callable[[], Iterable[Metric]]] = (),
+    ) -> None:
+        self._source = source_cluster
+        self._state = state
+        self._status = status
+        self._extra = tuple(extra)
+
+    def describe(self) -> Iterable[Metric]:
+        # Registration must not call collect(): state may not be ready yet.
+        return ()
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._edge_families()
+        yield from self._instance_families()
+        for producer in self._extra:
+            yield from producer()
+
+    def _labels(self, stats: EdgeStats) -> list[str]:
+        t = stats.target
+        return [self._source, t.cluster, t.name, t.scope.value, t.kind.value]
+
+    def _edge_families(self) -> Iterator[Metric]:
+        edge = list(m.EDGE_LABELS)
+        success = GaugeMetricFamily(
+            m.PROBE_SUCCESS, "Whether the last probe of the edge succeeded.", labels=edge
+        )
+        duration = HistogramMetricFamily(
+            m.PROBE_DURATION, "Duration of whole probes, failed ones included.", labels=edge
+        )
+        phases = GaugeMetricFamily(
+            m.PROBE_PHASE_DURATION,
+            "Duration of each phase of the last probe.",
+            labels=[*edge, "phase"],
+            unit="seconds",
+        )
+        total = CounterMetricFamily(m.PROBES, "Probes run.", labels=edge)
+        failures = CounterMetricFamily(
+            m.PROBE_FAILURES, "Failed probes by reason.", labels=[*edge, "reason"]
+        )
+        budget = GaugeMetricFamily(
+            m.LATENCY_BUDGET, "Latency budget of the edge.", labels=edge, unit="seconds"
+        )
+        over = CounterMetricFamily(
+            m.PROBE_OVER_BUDGET, "Probes slower than the edge's latency budget.", labels=edge
+        )
+        served = CounterMetricFamily(
+            m.SERVED,
+            "Answers by the cluster named in X-Meshprobe-Cluster.",
+            labels=[*edge, "served_by_cluster"],
+        )
+        verified = GaugeMetricFamily(
+            m.TLS_VERIFIED, "Whether the last presented chain verified.", labels=edge
+        )
+        expiry = GaugeMetricFamily(
+            m.TLS_CERT_EXPIRY,
+            "Earliest NotAfter per certificate role in the last chain.",
+            labels=[*edge, "role"],
+        )
+        peer_info = GaugeMetricFamily(
+            m.TLS_PEER_INFO,
+            "Identity and anchoring root of the last presented chain.",
+            labels=[*edge, "identity", "root_fingerprint_sha256"],
+        )
+        for stats in self._state.edges():
+            labels = self._labels(stats)
+            target = stats.target
+            last = stats.last
+            success.add_metric(labels, 1.0 if last is not None and last.success else 0.0)
+            duration.add_metric(labels, stats.histogram.cumulative(), stats.histogram.sum)
+            total.add_metric(labels, stats.probes_total)
+            for reason, count in stats.failures.items():
+                failures.add_metric([*labels, reason.value], count)
+            budget.add_metric(labels, target.budget)
+            over.add_metric(labels, stats.over_budget_total)
+            for cluster, count in stats.served.items():
+                served.add_metric([*labels, cluster], count)
+            if last is not None:
+                for phase in KIND_PHASES[target.scheme]:
+                    phases.add_metric([*labels, phase.value], last.phases.get(phase, 0.0))
+            tls = stats.last_tls
+            if tls is not None:
+                verified.add_metric(labels, 1.0 if tls.verified else 0.0)
+                for role, ts in sorted(tls.earliest_expiry().items()):
+                    expiry.add_metric([*labels, role.value], ts)
+                root_fp = tls.root.fingerprint_sha256 if tls.root is not None else ""
+                peer_info.add_metric([*labels, tls.identity or "", root_fp], 1.0)
+        yield from (success, duration, phases, total, failures, budget, over, served)
+        yield from (verified, expiry, peer_info)
+
+    def _instance_families(self) -> Iterator[Metric]:
+        status = self._status
+        info = InfoMetricFamily("meshprobe_build", "meshprobe build information.")
+        info.add_metric([], {"version": __version__})
+        yield info
+        yield GaugeMetricFamily(
+            m.CONFIG_RELOAD_SUCCESS,
+            "Whether the last configuration reload succeeded.",
+            value=1.0 if status.config_reload_success else 0.0,
+        )
+        yield GaugeMetricFamily(
+            m.CONFIG_RELOAD_TIMESTAMP,
+            "When the configuration was last loaded successfully.",
+            value=status.config_reload_timestamp,
+        )
+        lag = HistogramMetricFamily(
+            m.EVENT_LOOP_LAG, "How late the event loop woke a timer: inflates probe timings."
+        )
+        lag.add_metric([], status.loop_lag.cumulative(), status.loop_lag.sum)
+        yield lag
+        targets = GaugeMetricFamily(m.TARGETS, "Targets being probed.", labels=["discovery"])
+        counts = Counter(stats.target.discovery for stats in self._state.edges())
+        counts.setdefault("static", 0)
+        for discovery, n in sorted(counts.items()):
+            targets.add_metric([discovery], n)
+        yield targets
+        if status.bundle is not None:
+            root_info = GaugeMetricFamily(
+                m.TRUST_ROOT_INFO,
+                "The roots of this instance's trust bundle.",
+                labels=["fingerprint_sha256", "subject"],
+            )
+            root_expiry = GaugeMetricFamily(
+                m.TRUST_ROOT_EXPIRY,
+                "NotAfter of each root of the trust bundle.",
+                labels=["fingerprint_sha256"],
+            )
+            for cert in status.bundle.roots:
+                s = summarize(cert, CertRole.ROOT, from_bundle=True)
+                root_info.add_metric([s.fingerprint_sha256, s.subject], 1.0)
+                root_expiry.add_metric([s.fingerprint_sha256], s.not_after)
+            yield root_info
+            yield root_expiry

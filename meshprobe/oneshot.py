@@ -1,0 +1,57 @@
+"""`meshprobe probe URL`: one probe, explained to a human.
+
+The target goes through the same config validation as the daemon's, so a URL the daemon would
+reject is rejected here with the same message.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from meshprobe.config import ConfigError, format_issues, load_settings_from_mapping
+from meshprobe.probes import ProbeEnv, run_probe
+from meshprobe.report import render
+from meshprobe.tlscheck import TrustAnchors
+
+
+def _with_scheme(url: str, kind: str | None) -> str:
+    if kind is None:
+        return url
+    parts = urlsplit(url if "://" in url else f"{kind}://{url}")
+    return urlunsplit((kind, *parts[1:]))
+
+
+async def probe_once(
+    url: str,
+    *,
+    kind: str | None = None,
+    ca_file: str | None = None,
+    identity: str | None = None,
+    timeout: str = "5s",  # noqa: ASYNC109 - the probe's own budget, applied by run_probe
+    insecure: bool = False,
+) -> int:
+    url = _with_scheme(url, kind)
+    spec: dict[str, Any] = {"name": "cli", "url": url, "timeout": timeout}
+    if urlsplit(url).scheme in ("https", "tls"):
+        spec["tls"] = {"identity": identity, "ca_file": ca_file, "insecure_skip_verify": insecure}
+    try:
+        settings = load_settings_from_mapping(
+            {"cluster": "cli", "defaults": {"interval": "1h"}, "targets": [spec]}
+        )
+        anchors = TrustAnchors.from_file(ca_file) if ca_file else TrustAnchors.system()
+    except ConfigError as exc:
+        print(format_issues(exc.errors), file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as exc:
+        print(f"--ca-file: {exc}", file=sys.stderr)
+        return 2
+    (target,) = settings.build_targets()
+    env = await ProbeEnv.create(source_cluster="cli", anchors=anchors, trust_domain=None)
+    try:
+        result = await run_probe(target, env)
+    finally:
+        await env.aclose()
+    print(render(target, result))
+    return 0 if result.success else 1

@@ -1,0 +1,244 @@
+"""What every probe shares: live client objects, trust anchors, and the attempt in progress.
+
+The daemon builds one `ProbeEnv` at start and hands it to every probe, so sessions, connectors and
+parsed trust bundles are made once rather than per probe. The attempt in progress lives in a
+context variable so that `run_probe`, which owns the timeout, can still report the phases a probe
+had measured when the deadline cut it off, without every probe catching cancellation itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import os
+import re
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any, Literal, Protocol
+
+import aiohttp
+
+import meshprobe
+from meshprobe.model import Phase, ProbeResult, Reason, Target, TLSReport
+from meshprobe.tlscheck import TrustAnchors
+from meshprobe.tlsrecord import RecordingContext
+
+__all__ = [
+    "USER_AGENT",
+    "Attempt",
+    "KeepAlive",
+    "ProbeEnv",
+    "TraceEvent",
+    "TraceSink",
+    "current_attempt",
+]
+
+USER_AGENT = f"meshprobe/{meshprobe.__version__}"
+
+# aiohttp's own timeouts are off: `run_probe` enforces `target.timeout` over the whole probe.
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
+
+
+@dataclass(eq=False)
+class Attempt:
+    """What one probe has learnt so far; `run_probe` reads it when the deadline strikes."""
+
+    started: float = field(default_factory=time.perf_counter)
+    phases: dict[Phase, float] = field(default_factory=dict)
+    tls: TLSReport | None = None
+    status_code: int | None = None
+    served_by: str | None = None
+    body_bytes: int = 0
+    # Turn raw timestamps into `phases`; added by probes that measure through callbacks, run
+    # before every result, including the one `run_probe` makes on timeout.
+    settlers: list[Callable[[Attempt], None]] = field(default_factory=list)
+
+    def result(self, reason: Reason | None = None, detail: str = "") -> ProbeResult:
+        """Success exactly when there is no reason: one place decides, so they cannot disagree."""
+        for settle in self.settlers:
+            settle(self)
+        return ProbeResult(
+            success=reason is None,
+            duration=time.perf_counter() - self.started,
+            reason=reason,
+            detail=detail or ("ok" if reason is None else reason.value),
+            phases=dict(self.phases),
+            status_code=self.status_code,
+            served_by=self.served_by,
+            tls=self.tls,
+            body_bytes=self.body_bytes,
+        )
+
+
+_ATTEMPT: contextvars.ContextVar[Attempt] = contextvars.ContextVar("meshprobe_attempt")
+
+
+def current_attempt() -> Attempt:
+    """The attempt `run_probe` opened; a throwaway one when a probe is called directly."""
+    try:
+        return _ATTEMPT.get()
+    except LookupError:
+        attempt = Attempt()
+        _ATTEMPT.set(attempt)
+        return attempt
+
+
+def open_attempt() -> tuple[Attempt, contextvars.Token[Attempt]]:
+    attempt = Attempt()
+    return attempt, _ATTEMPT.set(attempt)
+
+
+def close_attempt(token: contextvars.Token[Attempt]) -> None:
+    _ATTEMPT.reset(token)
+
+
+class TraceSink(Protocol):
+    """Receives aiohttp's trace events for one request (passed as `trace_request_ctx`)."""
+
+    def trace(self, event: TraceEvent) -> None: ...
+
+
+TraceEvent = Literal["dns_start", "dns_end", "conn_start", "conn_end", "reuse", "sent"]
+
+
+def _forward(event: TraceEvent) -> Callable[..., Coroutine[Any, Any, None]]:
+    async def forward(_session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: Any) -> None:
+        sink = getattr(ctx, "trace_request_ctx", None)
+        if sink is not None and hasattr(sink, "trace"):
+            sink.trace(event)
+
+    return forward
+
+
+def _trace_config() -> aiohttp.TraceConfig:
+    """One TraceConfig for every session; each request brings its own sink, so concurrent
+    probes never share timing state."""
+    tc = aiohttp.TraceConfig()
+    tc.on_dns_resolvehost_start.append(_forward("dns_start"))
+    tc.on_dns_resolvehost_end.append(_forward("dns_end"))
+    tc.on_connection_create_start.append(_forward("conn_start"))
+    tc.on_connection_create_end.append(_forward("conn_end"))
+    tc.on_connection_reuseconn.append(_forward("reuse"))
+    tc.on_request_headers_sent.append(_forward("sent"))
+    tc.freeze()
+    return tc
+
+
+@dataclass(eq=False)
+class KeepAlive:
+    """One target's persistent session: its context must be the same object across requests,
+    because aiohttp pools connections by (host, port, ssl context)."""
+
+    session: aiohttp.ClientSession
+    context: RecordingContext | None
+
+
+@dataclass(frozen=True)
+class _CachedAnchors:
+    mtime_ns: int
+    size: int
+    anchors: TrustAnchors
+
+
+@dataclass(eq=False)
+class ProbeEnv:
+    """Live objects shared by all probes; created once by the daemon."""
+
+    source_cluster: str
+    anchors: TrustAnchors  # the default bundle; the daemon swaps it on a trust reload
+    trust_domain: str | None
+    _fresh: aiohttp.ClientSession | None = field(default=None, repr=False)
+    _trace: aiohttp.TraceConfig | None = field(default=None, repr=False)
+    _keepalive: dict[Target, KeepAlive] = field(default_factory=dict, repr=False)
+    _ca_files: dict[str, _CachedAnchors] = field(default_factory=dict, repr=False)
+    _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, repr=False)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+
+    @classmethod
+    async def create(
+        cls, *, source_cluster: str, anchors: TrustAnchors, trust_domain: str | None
+    ) -> ProbeEnv:
+        env = cls(source_cluster=source_cluster, anchors=anchors, trust_domain=trust_domain)
+        env._trace = _trace_config()
+        # force_close: every probe pays DNS (unless cached), connect and TLS, so they are measured
+        # every time; limit=0 because the scheduler already bounds concurrency.
+        env._fresh = env._session(aiohttp.TCPConnector(force_close=True, limit=0))
+        return env
+
+    def _session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        assert self._trace is not None
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=_NO_TIMEOUT,
+            trace_configs=[self._trace],
+            cookie_jar=aiohttp.DummyCookieJar(),  # probes must not carry state between runs
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    @property
+    def fresh_session(self) -> aiohttp.ClientSession:
+        if self._fresh is None:
+            raise RuntimeError("ProbeEnv used before create() or after aclose()")
+        return self._fresh
+
+    def keepalive(
+        self, target: Target, make_context: Callable[[], RecordingContext | None]
+    ) -> KeepAlive:
+        """The target's persistent session, made on first use."""
+        entry = self._keepalive.get(target)
+        if entry is None:
+            if self._fresh is None:
+                raise RuntimeError("ProbeEnv used before create() or after aclose()")
+            # Keep the idle connection across at least one interval, else nothing is reused.
+            idle = max(15.0, target.interval + target.timeout + 5.0)
+            connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=idle)
+            context = make_context()
+            entry = KeepAlive(self._session(connector), context)
+            self._keepalive[target] = entry
+        return entry
+
+    def anchors_for(self, target: Target) -> TrustAnchors:
+        """The target's own ca_file when it has one (re-read when the file changes, so a rotated
+        bundle mounted from a ConfigMap is picked up), else the shared bundle."""
+        path = target.tls.ca_file
+        if path is None:
+            return self.anchors
+        st = os.stat(path)
+        cached = self._ca_files.get(path)
+        if cached is None or (cached.mtime_ns, cached.size) != (st.st_mtime_ns, st.st_size):
+            cached = _CachedAnchors(st.st_mtime_ns, st.st_size, TrustAnchors.from_file(path))
+            self._ca_files[path] = cached
+        return cached.anchors
+
+    def pattern(self, regex: str) -> re.Pattern[str]:
+        compiled = self._patterns.get(regex)
+        if compiled is None:
+            compiled = self._patterns[regex] = re.compile(regex)
+        return compiled
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run clean-up that must not delay a result; `aclose` waits for it."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def forget(self, target: Target) -> None:
+        """Drop a removed target's keepalive session; closed in the background because the
+        scheduler calls this from synchronous code."""
+        entry = self._keepalive.pop(target, None)
+        if entry is None:
+            return
+        self.spawn(entry.session.close())
+
+    async def aclose(self) -> None:
+        sessions = [e.session for e in self._keepalive.values()]
+        self._keepalive.clear()
+        if self._fresh is not None:
+            sessions.append(self._fresh)
+            self._fresh = None
+        for session in sessions:
+            await session.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)

@@ -1,0 +1,104 @@
+"""`tcp://` probes: how long name resolution and the TCP handshake take, and whether they work.
+
+Resolution and connection are done by hand (not `open_connection`) so each is timed on its own,
+and the helpers are shared with the `tls` probe, which needs the same two phases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import socket
+import time
+from typing import Any
+
+from meshprobe.model import Phase, ProbeResult, Reason, Target
+from meshprobe.probes.env import Attempt, ProbeEnv, current_attempt
+
+__all__ = ["Addr", "ConnectFailed", "connect", "connect_reason", "probe_tcp", "resolve"]
+
+# An address to try: (family, type, proto, sockaddr), in resolver order.
+Addr = tuple[int, int, int, tuple[Any, ...]]
+
+
+class ConnectFailed(Exception):
+    """A failure already mapped to a reason, raised out of the shared helpers."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+async def resolve(target: Target, attempt: Attempt) -> list[Addr]:
+    """Resolve `target.host`; the resolve phase is 0 for an IP literal, as in blackbox."""
+    loop = asyncio.get_running_loop()
+    host = target.host.strip("[]")
+    flags = socket.AI_NUMERICHOST if _is_ip(host) else 0
+    start = time.perf_counter()
+    try:
+        infos = await loop.getaddrinfo(
+            host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=flags
+        )
+    except socket.gaierror as exc:
+        raise ConnectFailed(Reason.DNS, f"cannot resolve {host}: {exc.strerror or exc}") from exc
+    attempt.phases[Phase.RESOLVE] = 0.0 if flags else time.perf_counter() - start
+    if not infos:
+        raise ConnectFailed(Reason.DNS, f"{host} resolved to no address")
+    return [(family, kind, proto, tuple(addr)) for family, kind, proto, _, addr in infos]
+
+
+def connect_reason(exc: OSError) -> Reason:
+    if isinstance(exc, ConnectionRefusedError) or exc.errno == errno.ECONNREFUSED:
+        return Reason.CONNECT_REFUSED
+    return Reason.CONNECT_ERROR
+
+
+async def connect(addrs: list[Addr], attempt: Attempt) -> socket.socket:
+    """Connect to the first address that accepts, in resolver order; connect phase measured
+    across all tries, since that is what a client of the service would wait for."""
+    loop = asyncio.get_running_loop()
+    start = time.perf_counter()
+    first_error: OSError | None = None
+    for family, kind, proto, addr in addrs:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, addr)
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise
+            first_error = first_error or exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        attempt.phases[Phase.CONNECT] = time.perf_counter() - start
+        return sock
+    assert first_error is not None
+    raise ConnectFailed(
+        connect_reason(first_error), f"connect failed: {first_error.strerror or first_error}"
+    ) from first_error
+
+
+async def probe_tcp(target: Target, env: ProbeEnv) -> ProbeResult:
+    """A successful TCP handshake is the whole check; the socket is closed right away."""
+    del env
+    attempt = current_attempt()
+    try:
+        sock = await connect(await resolve(target, attempt), attempt)
+    except ConnectFailed as exc:
+        return attempt.result(exc.reason, exc.detail)
+    result = attempt.result()
+    sock.close()
+    return result

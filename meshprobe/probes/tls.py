@@ -1,0 +1,143 @@
+"""`tls://` probes, and the TLS helpers the https probe shares (blackbox keeps these in tls.go).
+
+A tls probe is what a mesh gateway (Istio's 15443, Linkerd's 4143) can be checked with without
+speaking its application protocol: resolve, connect, handshake through the recording context, and
+report the presented chain and our verdict on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+
+from meshprobe.model import Phase, ProbeResult, Reason, Target
+from meshprobe.probes.env import Attempt, ProbeEnv, current_attempt
+from meshprobe.probes.tcp import ConnectFailed, connect, resolve
+from meshprobe.tlsrecord import HandshakeRecorder, RecordingContext, recording_context
+
+__all__ = [
+    "expected_name",
+    "handshake_failure",
+    "new_context",
+    "probe_tls",
+    "refresh_recorder",
+    "sni",
+]
+
+# How long a clean close (close_notify both ways) may take before the connection is dropped.
+_CLOSE_GRACE = 1.0
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def expected_name(target: Target) -> str:
+    """The name the leaf must match when no identity is configured (an IP matches IP SANs)."""
+    return target.tls.server_name or target.host.strip("[]")
+
+
+def sni(target: Target) -> str | None:
+    """SNI to send; none for an IP literal, which RFC 6066 forbids in server_name."""
+    if target.tls.server_name:
+        return target.tls.server_name
+    return None if _is_ip(target.host) else target.host
+
+
+def refresh_recorder(recorder: HandshakeRecorder, target: Target, env: ProbeEnv) -> None:
+    """Bring expectations up to date: the bundle or trust domain may have been reloaded since
+    a keepalive session's context was made."""
+    recorder.anchors = env.anchors_for(target)
+    recorder.server_name = expected_name(target)
+    recorder.expected_identity = target.tls.identity
+    recorder.trust_domain = env.trust_domain
+    recorder.enforce = not target.tls.insecure_skip_verify
+    recorder.new_attempt()
+
+
+def new_context(target: Target, env: ProbeEnv, *, alpn: tuple[str, ...] = ()) -> RecordingContext:
+    recorder = HandshakeRecorder(anchors=env.anchors, server_name=None)
+    refresh_recorder(recorder, target, env)
+    return recording_context(recorder, alpn=alpn)
+
+
+def handshake_failure(recorder: HandshakeRecorder, exc: BaseException) -> tuple[Reason, str] | None:
+    """Our own verdict first (the exception is just its carrier); None for a fault in the
+    assessment itself, which the caller re-raises so `run_probe` logs it."""
+    if recorder.fault is not None:
+        return None
+    if recorder.rejected and recorder.report is not None:
+        report = recorder.report
+        return report.reason or Reason.TLS_UNTRUSTED, report.detail
+    if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
+        return Reason.RESET, f"connection dropped during the TLS handshake: {exc}"
+    return Reason.TLS_HANDSHAKE, f"TLS handshake failed: {exc}"
+
+
+class _Watch(asyncio.Protocol):
+    def __init__(self, closed: asyncio.Future[None]) -> None:
+        self._closed = closed
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._closed.done():
+            self._closed.set_result(None)
+
+
+async def _close(transport: asyncio.Transport, closed: asyncio.Future[None]) -> None:
+    """Send close_notify and wait briefly for the peer's, as a polite client does."""
+    transport.close()
+    try:
+        async with asyncio.timeout(_CLOSE_GRACE):
+            await closed
+    except TimeoutError:
+        pass
+    finally:
+        if not closed.done():
+            transport.abort()
+
+
+def _record(attempt: Attempt, recorder: HandshakeRecorder) -> None:
+    if recorder.duration is not None:
+        attempt.phases[Phase.TLS] = recorder.duration
+    attempt.tls = recorder.report
+
+
+async def probe_tls(target: Target, env: ProbeEnv) -> ProbeResult:
+    attempt = current_attempt()
+    try:
+        context = new_context(target, env)
+    except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted
+        return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
+    recorder = context.recorder
+    attempt.settlers.append(lambda a: _record(a, recorder))
+    try:
+        sock = await connect(await resolve(target, attempt), attempt)
+    except ConnectFailed as exc:
+        return attempt.result(exc.reason, exc.detail)
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    try:
+        transport, _ = await loop.create_connection(
+            lambda: _Watch(closed), sock=sock, ssl=context, server_hostname=sni(target) or ""
+        )
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        if isinstance(exc, TimeoutError):
+            raise
+        mapped = handshake_failure(recorder, exc)
+        if mapped is None:
+            assert recorder.fault is not None
+            raise recorder.fault from exc
+        return attempt.result(*mapped)
+    except BaseException:
+        sock.close()
+        raise
+    result = attempt.result()
+    # The verdict is in; closing politely is the server's courtesy, not part of the measurement.
+    env.spawn(_close(transport, closed))
+    return result

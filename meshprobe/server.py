@@ -1,0 +1,88 @@
+"""The one HTTP listener: metrics, health, and the responder that peers probe.
+
+There is deliberately no `/probe?target=` endpoint: meshprobe never probes an address a caller
+hands it, so the listener cannot be turned into a scanner.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+from prometheus_client.exposition import choose_encoder
+
+CLUSTER_HEADER = "X-Meshprobe-Cluster"
+# The identity document is public and small; peers refuse anything bigger (see trust issue).
+IDENTITY_MAX_BYTES = 64 * 1024
+
+IdentityProvider = Callable[[], dict[str, Any]]
+Readiness = Callable[[], bool]
+
+
+def build_app(
+    *,
+    cluster: str,
+    identity: IdentityProvider,
+    registry: CollectorRegistry | None = None,
+    ready: Readiness = lambda: True,
+    echo_delay: float = 0.0,
+) -> web.Application:
+    """`echo_delay` simulates network distance for the demo's far cluster; always 0 otherwise."""
+    app = web.Application()
+
+    async def echo(_: web.Request) -> web.Response:
+        if echo_delay:
+            await asyncio.sleep(echo_delay)
+        return web.Response(text="ok\n", headers={CLUSTER_HEADER: cluster})
+
+    async def identity_doc(_: web.Request) -> web.Response:
+        body = json.dumps(identity(), separators=(",", ":"), sort_keys=True)
+        return web.Response(
+            text=body, content_type="application/json", headers={CLUSTER_HEADER: cluster}
+        )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(_: web.Request) -> web.Response:
+        if ready():
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="not ready\n")
+
+    app.router.add_get("/v1/echo", echo)
+    app.router.add_get("/v1/identity", identity_doc)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if registry is not None:
+        app.router.add_get("/metrics", _metrics_handler(registry))
+    return app
+
+
+def _metrics_handler(
+    registry: CollectorRegistry,
+) -> Callable[[web.Request], Any]:
+    async def metrics(request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        body = encoder(registry)
+        return web.Response(body=body, headers={"Content-Type": content_type})
+
+    return metrics
+
+
+async def start_site(
+    app: web.Application, host: str, port: int, *, ssl_context: Any = None
+) -> tuple[web.AppRunner, int]:
+    """Start serving; returns the runner (to clean up) and the bound port (for port 0)."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
+    await site.start()
+    bound = port
+    for address in runner.addresses:
+        if isinstance(address, tuple) and len(address) >= 2:
+            bound = int(address[1])
+    return runner, bound

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
+import queue
 import signal
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.daemonkit import write_config
+from meshprobe import pki
+from tests.integration.daemonkit import responder, write_config
 
 MESHPROBE = [sys.executable, "-m", "meshprobe"]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("MESHPROBE_")}
@@ -72,46 +80,104 @@ def test_run_refuses_an_invalid_file(tmp_path: Path) -> None:
 
 
 def test_run_reloads_on_sighup_and_stops_on_sigterm_within_5s(tmp_path: Path) -> None:
+    # A listener that completes the TCP handshake (backlog) but never answers keeps an http
+    # probe in flight with a 30 s timeout: SIGTERM must cancel it, not wait for it.
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    port = silent.getsockname()[1]
     path = write_config(
         tmp_path / "c.yaml",
         {
             "cluster": "c1",
             "listen": "127.0.0.1:0",
             "log_format": "json",
-            "defaults": {"interval": "50ms", "timeout": "50ms"},
-            # A hanging-free target set: a refused port fails fast and keeps the loop busy.
-            "targets": [{"name": "a/b", "url": "tcp://127.0.0.1:9"}],
+            "defaults": {"interval": "60s", "timeout": "30s"},
+            "targets": [{"name": "a/hang", "url": f"http://127.0.0.1:{port}/"}],
         },
     )
     proc = subprocess.Popen(
-        [*MESHPROBE, "run", "--config", str(path)],
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
+        [*MESHPROBE, "run", "--config", str(path)], stderr=subprocess.PIPE, text=True, env=ENV
     )
     try:
         assert proc.stderr is not None
-        events = []
-        for line in proc.stderr:
-            event = json.loads(line)
-            events.append(event)
-            if event["event"] == "meshprobe started":
-                break
+        events = (json.loads(line)["event"] for line in proc.stderr)
+        assert "meshprobe started" in events
         proc.send_signal(signal.SIGHUP)
-        for line in proc.stderr:
-            event = json.loads(line)
-            if event["event"] == "config reloaded":
-                break
+        assert "config reloaded" in events
         began = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
         assert time.monotonic() - began < 5
     finally:
+        silent.close()
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         if proc.stderr is not None:
             proc.stderr.close()
+
+
+def test_probe_explains_one_https_probe(tmp_path: Path) -> None:
+    root = pki.make_root("probe test root")
+    inter = pki.make_intermediate(root, "probe test intermediate")
+    leaf = pki.make_leaf(
+        inter, None, uris=["spiffe://cluster.local/ns/a/sa/b"], ip_addresses=["127.0.0.1"]
+    )
+    bundle = tmp_path / "ca.pem"
+    pki.write_bundle(bundle, [root])
+    ctx = pki.server_ssl_context(leaf, [inter])
+    with serve_in_thread(ctx) as port:
+        good = run(
+            "probe",
+            f"https://127.0.0.1:{port}/v1/echo",
+            "--ca-file",
+            str(bundle),
+            "--identity",
+            "spiffe://cluster.local/ns/a/sa/b",
+        )
+        wrong = run(
+            "probe",
+            f"127.0.0.1:{port}",
+            "--kind",
+            "tls",
+            "--ca-file",
+            str(bundle),
+            "--identity",
+            "spiffe://cluster.local/ns/a/sa/other",
+        )
+    assert good.returncode == 0, good.stdout + good.stderr
+    out = good.stdout
+    assert "SUCCESS" in out
+    for phase in ("resolve", "connect", "tls", "processing", "transfer"):
+        assert phase in out
+    assert "status: 200" in out
+    assert "CN=probe test intermediate" in out and "CN=probe test root" in out
+    assert "verified: yes" in out
+    assert "served by cluster: probe-target" in out
+    assert wrong.returncode == 1
+    assert "FAILED (tls_identity)" in wrong.stdout
+
+
+@contextlib.contextmanager
+def serve_in_thread(ssl_context: ssl.SSLContext) -> Iterator[int]:
+    """A responder in its own thread and loop, so a subprocess can probe it."""
+    ready: queue.Queue[tuple[int, asyncio.AbstractEventLoop, asyncio.Event]] = queue.Queue()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with responder("probe-target", "127.0.0.1", ssl_context) as port:
+            ready.put((port, asyncio.get_running_loop(), stop))
+            await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))
+    thread.start()
+    port, loop, stop = ready.get(timeout=10)
+    try:
+        yield port
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("mismatch", [False, True])

@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography.hazmat.primitives import hashes
+from structlog.testing import capture_logs
 
 from meshprobe import pki
 from meshprobe.config import load_settings
@@ -205,3 +206,23 @@ async def test_endpoints_answer(tmp_path: Path) -> None:
     assert doc["roots"][0]["subject"] == "CN=test root"
     info = samples(text, "meshprobe_trust_root_info")
     assert info == [({"fingerprint_sha256": fp, "subject": "CN=test root"}, 1.0)]
+
+
+async def test_one_log_line_per_failure_state_change(tmp_path: Path) -> None:
+    async with (
+        responder("cluster1", "127.0.1.1") as local_port,
+        responder("cluster2", "127.0.2.1") as remote_port,
+    ):
+        config = base_config(local_port, remote_port, refused_port())
+        path = write_config(tmp_path / "c.yaml", config)
+        daemon = Daemon(load_settings(path, environ={}), config_path=path, environ={})
+        rounds = Rounds(daemon)
+        with capture_logs() as logs:
+            await daemon.start()
+            try:
+                await rounds.wait(["app/dead", "app/local"], at_least=4)
+            finally:
+                await daemon.stop()
+    failing = [e for e in logs if e["event"] == "probe failing"]
+    assert [(e["target"], e["reason"]) for e in failing] == [("app/dead", "connect_refused")]
+    assert failing[0]["log_level"] == "warning"

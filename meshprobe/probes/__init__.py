@@ -28,9 +28,6 @@ PROBES: Mapping[ProbeKind, ProbeFn] = {
     ProbeKind.TLS: probe_tls,
 }
 
-log = structlog.get_logger(__name__)
-
-
 async def run_probe(target: Target, env: ProbeEnv) -> ProbeResult:
     """Run one probe within `target.timeout`; never raises except on cancellation."""
     attempt, token = open_attempt()
@@ -42,7 +39,11 @@ async def run_probe(target: Target, env: ProbeEnv) -> ProbeResult:
     except Exception as exc:
         # A bug, or a failure mode we have not mapped yet: count it, keep the daemon alive, and
         # leave the traceback in the log so it can be mapped properly.
-        log.exception("probe failed unexpectedly", target=target.name, url=target.url)
+        # Looked up per call, not cached at import: cheap for a rare path, and it honours
+        # logging reconfiguration (and structlog.testing.capture_logs).
+        structlog.get_logger(__name__).exception(
+            "probe failed unexpectedly", target=target.name, url=target.url
+        )
         return attempt.result(Reason.PROTOCOL, f"unexpected {type(exc).__name__}: {exc}")
     finally:
         close_attempt(token)

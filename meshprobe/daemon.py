@@ -9,20 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
+from prometheus_client.core import Metric
 
+from meshprobe.bundlewatch import BundleWatcher
 from meshprobe.config import ConfigError, Settings, format_issues, load_settings
 from meshprobe.exporter import InstanceStatus, MeshprobeCollector
 from meshprobe.identity import identity_document
 from meshprobe.logsetup import configure_logging
 from meshprobe.looplag import monitor_loop_lag
 from meshprobe.model import ProbeResult, Target
+from meshprobe.peers import Peer, PeerWatcher, peer_echo_target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.scheduler import Scheduler
 from meshprobe.server import build_app, start_site
@@ -55,7 +58,10 @@ class Daemon:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
             MeshprobeCollector(
-                source_cluster=settings.cluster, state=self.state, status=self.status
+                source_cluster=settings.cluster,
+                state=self.state,
+                status=self.status,
+                extra=[self._peer_metrics],
             )
         )
         ProcessCollector(registry=self.registry)
@@ -66,6 +72,10 @@ class Daemon:
         self._scheduler: Scheduler | None = None
         self._runner: web.AppRunner | None = None
         self._lag_task: asyncio.Task[None] | None = None
+        self.peers: PeerWatcher | None = None
+        self.bundle_watch: BundleWatcher | None = None
+        self._bundle_task: asyncio.Task[None] | None = None
+        self.bundle_checked = asyncio.Event()  # set after each poll of the bundle file
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -73,6 +83,7 @@ class Daemon:
         settings = self.settings
         bundle = load_bundle(settings)
         self.status.bundle = bundle
+        self.status.bundle_reload_timestamp = time.time()
         self._env = await ProbeEnv.create(
             source_cluster=settings.cluster,
             anchors=bundle if bundle is not None else TrustAnchors.system(),
@@ -93,6 +104,13 @@ class Daemon:
         host, port = settings.listen_host_port()
         self._runner, self.port = await start_site(app, host, port)
         self._lag_task = asyncio.create_task(monitor_loop_lag(self.status.loop_lag))
+        self.peers = PeerWatcher(
+            env=env,
+            our_roots=self._our_roots,
+            interval=settings.defaults.interval,
+            timeout=settings.defaults.timeout,
+        )
+        self._watch_bundle(settings, bundle)
         self._apply_targets(settings)
         self.ready = True
         log.info(
@@ -107,10 +125,13 @@ class Daemon:
         self.ready = False
         if self._scheduler is not None:
             await self._scheduler.aclose()
-        if self._lag_task is not None:
-            self._lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._lag_task
+        if self.peers is not None:
+            await self.peers.aclose()
+        for task in (self._lag_task, self._bundle_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._runner is not None:
             await self._runner.cleanup()
         if self._env is not None:
@@ -150,19 +171,68 @@ class Daemon:
         self.settings = new.model_copy(
             update={"cluster": self.settings.cluster, "listen": self.settings.listen}
         )
-        self.status.bundle = bundle
         if self._env is not None:
-            self._env.anchors = bundle if bundle is not None else TrustAnchors.system()
             self._env.trust_domain = new.trust.trust_domain
+        self._adopt_bundle(bundle)
+        self._watch_bundle(new, bundle)
         self._apply_targets(self.settings)
         self.status.config_reload_success = True
         self.status.config_reload_timestamp = time.time()
         log.info("config reloaded", targets=len(self.state))
         return True
 
+    def _watch_bundle(self, settings: Settings, bundle: TrustAnchors | None) -> None:
+        """(Re)start following the bundle file; polled at half the probe interval (at most 5 s)
+        so new roots are in use within one interval."""
+        if self._bundle_task is not None:
+            self._bundle_task.cancel()
+            self._bundle_task = None
+        self.bundle_watch = None
+        path = settings.trust.bundle_file
+        if path is None or bundle is None:
+            return
+        watch = BundleWatcher(path, initial=bundle, on_change=self._adopt_bundle)
+        self.bundle_watch = watch
+        period = max(0.2, min(5.0, settings.defaults.interval / 2))
+
+        async def poll() -> None:
+            while True:
+                await asyncio.sleep(period)
+                watch.check()
+                self.status.bundle_reload_success = watch.success
+                self.bundle_checked.set()
+
+        self._bundle_task = asyncio.create_task(poll(), name="trust bundle watch")
+
+    def _adopt_bundle(self, bundle: TrustAnchors | None) -> None:
+        self.status.bundle = bundle
+        self.status.bundle_reload_success = True
+        self.status.bundle_reload_timestamp = time.time()
+        if self._env is not None:
+            self._env.anchors = bundle if bundle is not None else TrustAnchors.system()
+
+    def _our_roots(self) -> frozenset[str] | None:
+        bundle = self.status.bundle
+        return bundle.fingerprints() if bundle is not None else None
+
+    def _peer_metrics(self) -> Iterator[Metric]:
+        return self.peers.collect() if self.peers is not None else iter(())
+
     def _apply_targets(self, settings: Settings) -> None:
         assert self._scheduler is not None and self._env is not None
-        targets = settings.build_targets()
+        peers = [Peer(p.cluster, p.url) for p in settings.peers]
+        defaults = settings.defaults
+        if self.peers is not None:
+            self.peers.set_peers(peers, interval=defaults.interval, timeout=defaults.timeout)
+        targets = settings.build_targets() + [
+            peer_echo_target(
+                peer,
+                interval=defaults.interval,
+                timeout=defaults.timeout,
+                budget=defaults.budget.remote,
+            )
+            for peer in peers
+        ]
         before = self._scheduler.targets
         self.state.set_targets(targets)
         added, removed = self._scheduler.reconcile(targets)

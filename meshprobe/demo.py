@@ -140,6 +140,11 @@ def _settings(
             },
             "trust": {"bundle_file": str(bundle), "trust_domain": TRUST_DOMAIN},
             "targets": targets,
+            "peers": [
+                {"cluster": r.cluster.name, "url": f"http://{r.cluster.ip}:{r.http_port}"}
+                for r in responders
+                if r.cluster.name != "cluster1"
+            ],
         }
     )
 
@@ -226,7 +231,9 @@ async def run_demo(
                 f"metrics: http://{host}:{daemon.port}/metrics   (Ctrl-C to stop)"
             )
             print(banner, file=out, flush=True)
-            await _refresh(table, stop, duration, out, banner)
+            await _refresh(
+                table=table, daemon=daemon, stop=stop, duration=duration, out=out, banner=banner
+            )
         finally:
             await daemon.stop()
             for r in responders:
@@ -237,8 +244,25 @@ async def run_demo(
     return 0
 
 
+def _peer_lines(daemon: Daemon) -> str:
+    if daemon.peers is None:
+        return ""
+    lines = []
+    for cluster, status in sorted(daemon.peers.status.items()):
+        match = daemon.peers.trust_match(status)
+        verdict = {True: "shares our root CA", False: "CA MISMATCH", None: "unknown"}[match]
+        lines.append(f"peer {cluster}: {'up' if status.up else 'DOWN'}, {verdict}")
+    return "\n".join(lines)
+
+
 async def _refresh(
-    table: LiveTable, stop: asyncio.Event, duration: float | None, out: TextIO, banner: str
+    *,
+    table: LiveTable,
+    daemon: Daemon,
+    stop: asyncio.Event,
+    duration: float | None,
+    out: TextIO,
+    banner: str,
 ) -> None:
     tty = out.isatty()
     loop = asyncio.get_running_loop()
@@ -248,8 +272,9 @@ async def _refresh(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout)
         if tty:
-            print("\x1b[H\x1b[2J" + banner + "\n\n" + table.render(), file=out, flush=True)
+            screen = f"{banner}\n\n{table.render()}\n\n{_peer_lines(daemon)}"
+            print("\x1b[H\x1b[2J" + screen, file=out, flush=True)
         if deadline is not None and loop.time() >= deadline:
             break
     if not tty:
-        print(table.render(), file=out, flush=True)
+        print(f"{table.render()}\n\n{_peer_lines(daemon)}", file=out, flush=True)

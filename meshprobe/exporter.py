@@ -36,6 +36,8 @@ class InstanceStatus:
     config_reload_timestamp: float = 0.0
     loop_lag: Histogram = field(default_factory=lambda: Histogram(m.LOOP_LAG_BUCKETS))
     bundle: TrustAnchors | None = None  # the configured trust bundle; None when not configured
+    bundle_reload_success: bool = True  # False while a changed bundle file fails to parse
+    bundle_reload_timestamp: float = 0.0
 
 
 class MeshprobeCollector(Collector):
@@ -177,3 +179,13 @@ class MeshprobeCollector(Collector):
                 root_expiry.add_metric([s.fingerprint_sha256], s.not_after)
             yield root_info
             yield root_expiry
+            yield GaugeMetricFamily(
+                m.TRUST_BUNDLE_RELOAD_SUCCESS,
+                "0 while the trust bundle file holds content that does not parse.",
+                value=1.0 if status.bundle_reload_success else 0.0,
+            )
+            yield GaugeMetricFamily(
+                m.TRUST_BUNDLE_RELOAD_TIMESTAMP,
+                "When the trust bundle's current roots were loaded.",
+                value=status.bundle_reload_timestamp,
+            )

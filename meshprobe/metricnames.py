@@ -25,6 +25,8 @@ SERVED: Final = "meshprobe_served"  # counter, label served_by_cluster
 # Instance metrics.
 TRUST_ROOT_INFO: Final = "meshprobe_trust_root_info"
 TRUST_ROOT_EXPIRY: Final = "meshprobe_trust_root_expiry_timestamp_seconds"
+TRUST_BUNDLE_RELOAD_SUCCESS: Final = "meshprobe_trust_bundle_reload_success"
+TRUST_BUNDLE_RELOAD_TIMESTAMP: Final = "meshprobe_trust_bundle_reload_timestamp_seconds"
 PEER_UP: Final = "meshprobe_peer_up"
 PEER_TRUST_MATCH: Final = "meshprobe_peer_trust_match"
 TARGETS: Final = "meshprobe_targets"

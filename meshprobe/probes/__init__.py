@@ -28,6 +28,7 @@ PROBES: Mapping[ProbeKind, ProbeFn] = {
     ProbeKind.TLS: probe_tls,
 }
 
+
 async def run_probe(target: Target, env: ProbeEnv) -> ProbeResult:
     """Run one probe within `target.timeout`; never raises except on cancellation."""
     attempt, token = open_attempt()

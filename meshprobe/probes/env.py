@@ -80,9 +80,7 @@ def current_attempt() -> Attempt:
     try:
         return _ATTEMPT.get()
     except LookupError:
-        attempt = Attempt()
-        _ATTEMPT.set(attempt)
-        return attempt
+        return Attempt()
 
 
 def open_attempt() -> tuple[Attempt, contextvars.Token[Attempt]]:
@@ -149,12 +147,12 @@ class ProbeEnv:
     source_cluster: str
     anchors: TrustAnchors  # the default bundle; the daemon swaps it on a trust reload
     trust_domain: str | None
-    _fresh: aiohttp.ClientSession | None = field(default=None, repr=False)
-    _trace: aiohttp.TraceConfig | None = field(default=None, repr=False)
-    _keepalive: dict[Target, KeepAlive] = field(default_factory=dict, repr=False)
-    _ca_files: dict[str, _CachedAnchors] = field(default_factory=dict, repr=False)
-    _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, repr=False)
-    _closing: set[asyncio.Task[None]] = field(default_factory=set, repr=False)
+    _fresh: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
+    _trace: aiohttp.TraceConfig | None = field(default=None, init=False, repr=False)
+    _keepalive: dict[Target, KeepAlive] = field(default_factory=dict, init=False, repr=False)
+    _ca_files: dict[str, _CachedAnchors] = field(default_factory=dict, init=False, repr=False)
+    _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, init=False, repr=False)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
 
     @classmethod
     async def create(

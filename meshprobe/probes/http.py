@@ -98,7 +98,9 @@ def _classify(exc: aiohttp.ClientError, recorder: HandshakeRecorder | None) -> t
     """aiohttp's exception -> our closed set of reasons."""
     if isinstance(exc, aiohttp.ClientConnectorDNSError):
         return Reason.DNS, f"cannot resolve {exc.host}: {exc.os_error.strerror or exc.os_error}"
-    handshaking = recorder is not None and recorder.started is not None and not recorder.finished
+    handshaking = (
+        recorder is not None and recorder.started is not None and recorder.finished is None
+    )
     if recorder is not None and (isinstance(exc, aiohttp.ClientSSLError) or handshaking):
         cause = exc.__cause__ or exc
         mapped = handshake_failure(recorder, cause)
@@ -135,7 +137,10 @@ async def _read_body(
         if kept is not None:
             kept += chunk
     if target.body_regex is not None and kept is not None:
-        text = kept.decode(resp.get_encoding() if resp.charset else "utf-8", errors="replace")
+        try:
+            text = kept.decode(resp.charset or "utf-8", errors="replace")
+        except LookupError:  # a charset Python does not know: read it as UTF-8
+            text = kept.decode("utf-8", errors="replace")
         if env.pattern(target.body_regex).search(text) is None:
             return Reason.BODY_MISMATCH, f"body does not match {target.body_regex!r}"
     return None

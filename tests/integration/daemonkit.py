@@ -83,3 +83,9 @@ def samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
 
 async def serve_app(app: web.Application, host: str = "127.0.0.1") -> tuple[web.AppRunner, int]:
     return await start_site(app, host, 0)
+
+
+async def scrape_daemon(daemon: Daemon) -> str:
+    host = daemon.settings.listen_host_port()[0]
+    assert daemon.port is not None
+    return await scrape(daemon.port, "127.0.0.1" if host in ("0.0.0.0", "") else host)

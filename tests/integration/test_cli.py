@@ -192,9 +192,11 @@ def test_demo_runs_two_clusters_and_shows_trust(mismatch: bool) -> None:
             rows[(cols[0], cols[1])] = cols
     assert ("demo/echo", "cluster1") in rows and ("demo/echo", "cluster2") in rows
     assert "metrics: http://127.0.1.1:" in out.stdout
-    for (name, cluster), cols in rows.items():
+    peer_line = "peer cluster2: up, " + ("CA MISMATCH" if mismatch else "shares our root CA")
+    assert peer_line in out.stdout
+    for (_name, cluster), cols in rows.items():
         trust = cols[7]
-        tls = name != "demo/echo"
+        tls = cols[2] in ("https", "tls")
         if mismatch and cluster == "cluster2" and tls:
             assert trust == "tls_untrusted", cols
             assert cols[6] == "0%"

@@ -401,7 +401,13 @@ def assess_chain(
         detail = f"{exc} (trust bundle {anchors.source})"
         if not issuers:  # the usual CA-drift case: say which issuer we do not know
             top = next((s for s in reversed(chain) if s.role is not CertRole.ROOT), chain[0])
-            detail = f"issuer {top.issuer!r} of {_label(top)} not in trust bundle: {detail}"
+            if top.role is CertRole.LEAF:  # only the leaf came: an intermediate is missing
+                detail = (
+                    f"chain incomplete: the server sent no issuer for {_label(top)} and "
+                    f"{top.issuer!r} is not in the trust bundle (missing intermediate?): {detail}"
+                )
+            else:
+                detail = f"issuer {top.issuer!r} of {_label(top)} not in trust bundle: {detail}"
         return report(Reason.TLS_UNTRUSTED, detail, chain, sent_root, identity)
 
     anchor = verified.chain[-1]

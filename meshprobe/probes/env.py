@@ -32,7 +32,9 @@ __all__ = [
     "ProbeEnv",
     "TraceEvent",
     "TraceSink",
+    "close_attempt",
     "current_attempt",
+    "open_attempt",
 ]
 
 USER_AGENT = f"meshprobe/{meshprobe.__version__}"
@@ -84,6 +86,7 @@ def current_attempt() -> Attempt:
 
 
 def open_attempt() -> tuple[Attempt, contextvars.Token[Attempt]]:
+    """Start an attempt that `current_attempt` will return until `close_attempt`."""
     attempt = Attempt()
     return attempt, _ATTEMPT.set(attempt)
 

@@ -31,7 +31,6 @@ OTHER_SPIFFE_ID = "spiffe://cluster.local/ns/other/sa/intruder"
 # plain `.invalid` name would still go to the configured nameserver).
 UNKNOWN_HOST = "-meshprobe-nxdomain-.invalid"
 # The kernel refuses to route TCP to the limited broadcast address: ENETUNREACH, no packet sent.
-UNREACHABLE_HOST = "255.255.255.255"
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 

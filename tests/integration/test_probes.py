@@ -7,6 +7,7 @@ suite stays fast; nothing sleeps to synchronise, every wait is on a real event.
 from __future__ import annotations
 
 import asyncio
+import errno
 from pathlib import Path
 
 import pytest
@@ -17,12 +18,12 @@ import meshprobe
 from meshprobe import pki, probes
 from meshprobe.model import CertRole, Phase, ProbeKind, ProbeResult, Reason, Target
 from meshprobe.probes import ProbeEnv, run_probe
+from meshprobe.probes.tcp import connect_reason
 from tests.integration import faults
 from tests.integration.faults import (
     OTHER_SPIFFE_ID,
     SPIFFE_ID,
     UNKNOWN_HOST,
-    UNREACHABLE_HOST,
     FaultServer,
     Reply,
     TestPki,
@@ -40,7 +41,7 @@ def assert_failed(result: ProbeResult, reason: Reason) -> None:
 
 
 def assert_phases(result: ProbeResult, expected: tuple[Phase, ...]) -> None:
-    assert tuple(result.phases) == expected or set(result.phases) == set(expected), result.phases
+    assert set(result.phases) == set(expected), result.phases
     assert all(v >= 0 for v in result.phases.values()), result.phases
 
 
@@ -153,9 +154,11 @@ async def test_http_refused(env: ProbeEnv) -> None:
     assert_failed(result, Reason.CONNECT_REFUSED)
 
 
-async def test_http_connect_error(env: ProbeEnv) -> None:
-    result = await run_probe(make_target(f"http://{UNREACHABLE_HOST}:8080/"), env)
-    assert_failed(result, Reason.CONNECT_ERROR)
+def test_other_connect_errors_map_to_connect_error() -> None:
+    # Unreachable networks cannot be produced on loopback without touching other addresses,
+    # which these tests never do; the mapping itself is what is checked here.
+    assert connect_reason(OSError(errno.EHOSTUNREACH, "no route")) is Reason.CONNECT_ERROR
+    assert connect_reason(ConnectionRefusedError()) is Reason.CONNECT_REFUSED
 
 
 async def test_http_dns(env: ProbeEnv) -> None:
@@ -291,7 +294,7 @@ async def test_tcp_named_host_measures_resolve(env: ProbeEnv) -> None:
 
 @pytest.mark.parametrize(
     ("host", "reason"),
-    [(UNKNOWN_HOST, Reason.DNS), (UNREACHABLE_HOST, Reason.CONNECT_ERROR)],
+    [(UNKNOWN_HOST, Reason.DNS)],
 )
 @pytest.mark.parametrize("scheme", ["tcp", "tls"])
 async def test_tcp_tls_unreachable(env: ProbeEnv, host: str, reason: Reason, scheme: str) -> None:

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +17,12 @@ from aiohttp import web
 from meshprobe import pki
 from meshprobe.config import load_settings
 from meshprobe.daemon import Daemon
+from meshprobe.model import Reason
 from meshprobe.pki import Issued
+from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.server import start_site
 from tests.integration.daemonkit import samples, scrape, scrape_daemon, write_config
+from tests.integration.faults import FaultServer, TestPki, echo, make_target
 
 
 def fingerprint(issued: Issued) -> str:
@@ -229,3 +233,31 @@ async def test_bundle_swapped_on_disk_is_used_without_restart(tmp_path: Path) ->
         assert daemon._env.anchors.fingerprints() == {fingerprint(new)}
     finally:
         await daemon.stop()
+
+
+async def test_server_omitting_its_intermediate_is_untrusted_and_says_incomplete(
+    env: ProbeEnv, test_pki: TestPki
+) -> None:
+    ctx = pki.server_ssl_context(test_pki.leaf, [])  # the intermediate is not sent
+    async with FaultServer(echo("cluster1"), tls=ctx) as server:
+        target = make_target(server.url("https", "/v1/echo"))
+        result = await run_probe(target, env)
+    assert result.reason is Reason.TLS_UNTRUSTED
+    assert "chain incomplete" in result.detail
+    assert result.tls is not None and len(result.tls.chain) == 1
+
+
+async def test_leaf_not_yet_valid_is_expired(env: ProbeEnv, test_pki: TestPki) -> None:
+    now = datetime.now(UTC)
+    early = pki.make_leaf(
+        test_pki.intermediate,
+        "echo",
+        ip_addresses=["127.0.0.1"],
+        not_before=now + timedelta(days=1),
+        not_after=now + timedelta(days=2),
+    )
+    ctx = pki.server_ssl_context(early, [test_pki.intermediate])
+    async with FaultServer(echo("cluster1"), tls=ctx) as server:
+        result = await run_probe(make_target(server.url("tls")), env)
+    assert result.reason is Reason.TLS_EXPIRED
+    assert "not valid before" in result.detail

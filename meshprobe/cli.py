@@ -9,9 +9,12 @@ import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from meshprobe import __version__
+
+if TYPE_CHECKING:
+    from meshprobe.config import Settings
 
 EXIT_INVALID_CONFIG = 2
 
@@ -37,36 +40,40 @@ def _config_path(args: argparse.Namespace) -> Path | None:
     return Path(value) if value else None
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from meshprobe.config import ConfigError, format_issues, load_settings, summarize  # noqa: PLC0415
+def _load(path: Path | None, heading: str) -> Settings | None:
+    """The one place `check` and `run` load a config: same messages, same exit code."""
+    from meshprobe.config import ConfigError, format_issues, load_settings  # noqa: PLC0415
 
-    path = _config_path(args)
     try:
-        settings = load_settings(path)
+        return load_settings(path)
     except ConfigError as exc:
-        print(f"config invalid: {path}", file=sys.stderr)
+        print(f"{heading}: {path}", file=sys.stderr)
         print(format_issues(exc.errors), file=sys.stderr)
+        return None
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from meshprobe.config import summarize  # noqa: PLC0415
+
+    settings = _load(_config_path(args), "config invalid")
+    if settings is None:
         return EXIT_INVALID_CONFIG
     print(summarize(settings))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from meshprobe.config import ConfigError, format_issues, load_settings  # noqa: PLC0415
     from meshprobe.logsetup import configure_logging  # noqa: PLC0415
 
     path = _config_path(args)
-    try:
-        settings = load_settings(path)
-    except ConfigError as exc:
-        print(f"config invalid, not starting: {path}", file=sys.stderr)
-        print(format_issues(exc.errors), file=sys.stderr)
+    settings = _load(path, "config invalid, not starting")
+    if settings is None:
         return EXIT_INVALID_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     return run_async(_run_daemon(settings, path))
 
 
-async def _run_daemon(settings: Any, path: Path | None) -> int:
+async def _run_daemon(settings: Settings, path: Path | None) -> int:
     from meshprobe.daemon import Daemon  # noqa: PLC0415
 
     daemon = Daemon(settings, config_path=path)

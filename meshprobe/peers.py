@@ -9,7 +9,6 @@ share at least one root (a rotation holds old and new roots side by side), 0 whe
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 from collections.abc import Callable, Iterable, Iterator
@@ -25,6 +24,7 @@ from meshprobe import metricnames as m
 from meshprobe.model import Scope, Target
 from meshprobe.probes import ProbeEnv
 from meshprobe.server import IDENTITY_MAX_BYTES
+from meshprobe.tasks import cancel_and_wait
 from meshprobe.tlsrecord import HandshakeRecorder, recording_context
 
 log = structlog.get_logger(__name__)
@@ -174,11 +174,7 @@ class PeerWatcher:
     async def aclose(self) -> None:
         loops = list(self._loops.values())
         self._loops.clear()
-        for task in loops:
-            task.cancel()
-        for task in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(loops)
 
     async def _loop(self, peer: Peer) -> None:
         while True:

@@ -13,13 +13,13 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable, Iterable
 
 import structlog
 
 from meshprobe.model import ProbeResult, Reason, Target
+from meshprobe.tasks import cancel_and_wait
 
 ProbeRunner = Callable[[Target], Awaitable[ProbeResult]]
 ResultSink = Callable[[Target, ProbeResult], None]
@@ -67,11 +67,7 @@ class Scheduler:
     async def aclose(self) -> None:
         loops = list(self._loops.values())
         self._loops.clear()
-        for task in loops:
-            task.cancel()
-        for task in loops:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(loops)
 
     def _jittered(self, interval: float) -> float:
         return interval * self._jitter * self._rng.random()

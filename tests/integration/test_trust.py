@@ -21,6 +21,7 @@ from meshprobe.model import Reason
 from meshprobe.pki import Issued
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.server import start_site
+from meshprobe.tlscheck import TrustAnchors
 from tests.integration.daemonkit import samples, scrape, scrape_daemon, write_config
 from tests.integration.faults import FaultServer, TestPki, echo, make_target
 
@@ -261,3 +262,26 @@ async def test_leaf_not_yet_valid_is_expired(env: ProbeEnv, test_pki: TestPki) -
         result = await run_probe(make_target(server.url("tls")), env)
     assert result.reason is Reason.TLS_EXPIRED
     assert "not valid before" in result.detail
+
+
+async def test_rotation_bundle_verifies_chains_from_either_root_and_checks_trust_domain(
+    env: ProbeEnv,
+) -> None:
+    old, new = pki.make_root("old root"), pki.make_root("new root")
+    env.anchors = TrustAnchors.from_pem(old.cert_pem() + new.cert_pem(), source="old+new")
+    spiffe = "spiffe://cluster.local/ns/mesh/sa/echo"
+    verdicts = {}
+    for label, root, uri in (
+        ("old", old, spiffe),
+        ("new", new, spiffe),
+        ("foreign-domain", new, "spiffe://other.example/ns/mesh/sa/echo"),
+    ):
+        inter = pki.make_intermediate(root, f"{label} intermediate")
+        leaf = pki.make_leaf(inter, None, uris=[uri], ip_addresses=["127.0.0.1"])
+        ctx = pki.server_ssl_context(leaf, [inter])
+        async with FaultServer(echo("cluster2"), tls=ctx) as server:
+            result = await run_probe(make_target(server.url("https", "/v1/echo")), env)
+        verdicts[label] = result.reason
+        if result.tls is not None and result.tls.root is not None and result.success:
+            assert result.tls.root.subject == f"CN={label} root"
+    assert verdicts == {"old": None, "new": None, "foreign-domain": Reason.TLS_IDENTITY}

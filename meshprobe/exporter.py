@@ -136,56 +136,70 @@ class MeshprobeCollector(Collector):
         yield from (success, duration, phases, total, failures, budget, over, served)
         yield from (verified, expiry, peer_info)
 
+    def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
+        family = GaugeMetricFamily(name, documentation, labels=["source_cluster"])
+        family.add_metric([self._source], value)
+        return family
+
     def _instance_families(self) -> Iterator[Metric]:
+        """Instance metrics carry `source_cluster` too, so one `cluster` variable filters every
+        panel of a dashboard that reads several clusters' meshprobes."""
         status = self._status
-        info = InfoMetricFamily("meshprobe_build", "meshprobe build information.")
-        info.add_metric([], {"version": __version__})
+        src = self._source
+        info = InfoMetricFamily(
+            "meshprobe_build", "meshprobe build information.", labels=["source_cluster"]
+        )
+        info.add_metric([src], {"version": __version__})
         yield info
-        yield GaugeMetricFamily(
+        yield self._gauge(
             m.CONFIG_RELOAD_SUCCESS,
             "Whether the last configuration reload succeeded.",
-            value=1.0 if status.config_reload_success else 0.0,
+            1.0 if status.config_reload_success else 0.0,
         )
-        yield GaugeMetricFamily(
+        yield self._gauge(
             m.CONFIG_RELOAD_TIMESTAMP,
             "When the configuration was last loaded successfully.",
-            value=status.config_reload_timestamp,
+            status.config_reload_timestamp,
         )
         lag = HistogramMetricFamily(
-            m.EVENT_LOOP_LAG, "How late the event loop woke a timer: inflates probe timings."
+            m.EVENT_LOOP_LAG,
+            "How late the event loop woke a timer: inflates probe timings.",
+            labels=["source_cluster"],
         )
-        lag.add_metric([], status.loop_lag.cumulative(), status.loop_lag.sum)
+        lag.add_metric([src], status.loop_lag.cumulative(), status.loop_lag.sum)
         yield lag
-        targets = GaugeMetricFamily(m.TARGETS, "Targets being probed.", labels=["discovery"])
+        targets = GaugeMetricFamily(
+            m.TARGETS, "Targets being probed.", labels=["source_cluster", "discovery"]
+        )
         counts = Counter(stats.target.discovery for stats in self._state.edges())
         counts.setdefault("static", 0)
         for discovery, n in sorted(counts.items()):
-            targets.add_metric([discovery], n)
+            targets.add_metric([src, discovery], n)
         yield targets
         if status.bundle is not None:
             root_info = GaugeMetricFamily(
                 m.TRUST_ROOT_INFO,
                 "The roots of this instance's trust bundle.",
-                labels=["fingerprint_sha256", "subject"],
+                labels=["source_cluster", "fingerprint_sha256", "subject"],
             )
             root_expiry = GaugeMetricFamily(
                 m.TRUST_ROOT_EXPIRY,
                 "NotAfter of each root of the trust bundle.",
-                labels=["fingerprint_sha256"],
+                labels=["source_cluster", "fingerprint_sha256"],
             )
             for cert in status.bundle.roots:
                 s = summarize(cert, CertRole.ROOT, from_bundle=True)
-                root_info.add_metric([s.fingerprint_sha256, s.subject], 1.0)
-                root_expiry.add_metric([s.fingerprint_sha256], s.not_after)
+                root_info.add_metric([src, s.fingerprint_sha256, s.subject], 1.0)
+                root_expiry.add_metric([src, s.fingerprint_sha256], s.not_after)
             yield root_info
             yield root_expiry
-            yield GaugeMetricFamily(
+            yield self._gauge(
                 m.TRUST_BUNDLE_RELOAD_SUCCESS,
                 "0 while the trust bundle file holds content that does not parse.",
-                value=1.0 if status.bundle_reload_success else 0.0,
+                1.0 if status.bundle_reload_success else 0.0,
             )
-            yield GaugeMetricFamily(
+            yield self._gauge(
                 m.TRUST_BUNDLE_RELOAD_TIMESTAMP,
                 "When the trust bundle's current roots were loaded.",
-                value=status.bundle_reload_timestamp,
+                status.bundle_reload_timestamp,
             )

@@ -214,17 +214,18 @@ class PeerWatcher:
         up = GaugeMetricFamily(
             m.PEER_UP,
             "Whether the peer's identity document was fetched and valid.",
-            labels=["peer_cluster"],
+            labels=["source_cluster", "peer_cluster"],
         )
         match = GaugeMetricFamily(
             m.PEER_TRUST_MATCH,
             "1 when the peer's trust roots and ours share a root, 0 when disjoint.",
-            labels=["peer_cluster"],
+            labels=["source_cluster", "peer_cluster"],
         )
+        src = self._env.source_cluster
         for cluster, status in sorted(self.status.items()):
-            up.add_metric([cluster], 1.0 if status.up else 0.0)
+            up.add_metric([src, cluster], 1.0 if status.up else 0.0)
             verdict = self.trust_match(status)
             if verdict is not None:
-                match.add_metric([cluster], 1.0 if verdict else 0.0)
+                match.add_metric([src, cluster], 1.0 if verdict else 0.0)
         yield up
         yield match

@@ -205,7 +205,9 @@ async def test_endpoints_answer(tmp_path: Path) -> None:
     assert [r["fingerprint_sha256"] for r in doc["roots"]] == [fp]
     assert doc["roots"][0]["subject"] == "CN=test root"
     info = samples(text, "meshprobe_trust_root_info")
-    assert info == [({"fingerprint_sha256": fp, "subject": "CN=test root"}, 1.0)]
+    assert info == [
+        ({"source_cluster": "east", "fingerprint_sha256": fp, "subject": "CN=test root"}, 1.0)
+    ]
 
 
 async def test_one_log_line_per_failure_state_change(tmp_path: Path) -> None:

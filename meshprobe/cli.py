@@ -107,6 +107,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from meshprobe.demo import run_demo  # noqa: PLC0415
+    from meshprobe.durations import parse_duration  # noqa: PLC0415
 
     return run_async(
         run_demo(
@@ -114,6 +115,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             listen=args.listen,
             duration=args.duration,
             interval=args.interval,
+            remote_latency=parse_duration(args.remote_latency),
+            with_prometheus=args.with_prometheus,
+            rules=Path(args.rules) if args.rules else None,
         )
     )
 
@@ -161,6 +165,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after this many seconds (default: until Ctrl-C)",
     )
     demo.add_argument("--interval", default="1s", help="probe interval (default 1s)")
+    demo.add_argument(
+        "--remote-latency",
+        default="40ms",
+        help="latency cluster2 adds (default 40ms; 300ms breaks the budget)",
+    )
+    demo.add_argument(
+        "--with-prometheus",
+        action="store_true",
+        help="also start Prometheus + Alertmanager with the shipped rules",
+    )
+    demo.add_argument("--rules", help="rules file for --with-prometheus (default: the checkout's)")
     demo.set_defaults(func=cmd_demo)
     return parser
 

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -31,11 +31,13 @@ from meshprobe.identity import identity_document
 from meshprobe.logsetup import configure_logging
 from meshprobe.model import ProbeResult, Target
 from meshprobe.server import build_app, start_site
+from meshprobe.stack import run_stack, scale_durations, stack_available
 from meshprobe.tlscheck import TrustAnchors
 
 TRUST_DOMAIN = "cluster.local"
 ECHO_IDENTITY = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/echo"
 REMOTE_DELAY = 0.040
+DEMO_SPEEDUP = 60  # alerts in a minute instead of an hour
 
 
 @dataclass(frozen=True)
@@ -80,9 +82,10 @@ def _issue(workdir: Path, *, ca_mismatch: bool) -> tuple[dict[str, Any], Path]:
     return contexts, bundle
 
 
-async def _start_responders(contexts: dict[str, Any]) -> list[Responder]:
+async def _start_responders(contexts: dict[str, Any], remote_delay: float) -> list[Responder]:
     responders = []
-    for cluster in CLUSTERS:
+    for sim in CLUSTERS:
+        cluster = replace(sim, delay=remote_delay) if sim.delay else sim
         ssl_ctx, anchor = contexts[cluster.name]
         roots = TrustAnchors.from_pem(anchor.cert_pem(), source=f"{cluster.name} roots")
 
@@ -202,45 +205,79 @@ def _trust(result: ProbeResult) -> str:
     return f"{result.tls.reason}"
 
 
+def shipped_rules() -> Path:
+    """The rules file of a source checkout (the demo runs from one: scripts/demo.sh)."""
+    return Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "meshprobe-rules.yaml"
+
+
 async def run_demo(
     *,
     ca_mismatch: bool = False,
     listen: str = "127.0.1.1:9942",
     duration: float | None = None,
     interval: str = "1s",
+    remote_latency: float = REMOTE_DELAY,
+    with_prometheus: bool = False,
+    rules: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
     configure_logging("error", "auto")
     parse_duration(interval)  # a clear error before anything starts
+    rules = rules or shipped_rules()
+    if with_prometheus and not (stack_available() and rules.is_file()):
+        print(
+            "--with-prometheus needs Debian's prometheus and prometheus-alertmanager packages "
+            f"and the rules file {rules} (a source checkout, or --rules)",
+            file=sys.stderr,
+        )
+        return 2
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    with tempfile.TemporaryDirectory(prefix="meshprobe-demo-") as tmp:
-        contexts, bundle = _issue(Path(tmp), ca_mismatch=ca_mismatch)
-        responders = await _start_responders(contexts)
-        daemon = Daemon(_settings(responders, bundle, listen, interval))
-        table = LiveTable()
-        daemon.listeners.append(table.observe)
-        try:
-            await daemon.start()
-            host = listen.rsplit(":", 1)[0]
-            banner = (
-                f"meshprobe demo: cluster1 probing cluster1 (127.0.1.1) and cluster2 (127.0.2.1, "
-                f"+{REMOTE_DELAY * 1000:.0f} ms){' with a CA MISMATCH' if ca_mismatch else ''}\n"
-                f"metrics: http://{host}:{daemon.port}/metrics   (Ctrl-C to stop)"
+    try:
+        async with contextlib.AsyncExitStack() as resources:
+            tmp = Path(
+                resources.enter_context(tempfile.TemporaryDirectory(prefix="meshprobe-demo-"))
             )
+            contexts, bundle = _issue(tmp, ca_mismatch=ca_mismatch)
+            responders = await _start_responders(contexts, remote_latency)
+            for r in responders:
+                for runner in r.runners:
+                    resources.push_async_callback(runner.cleanup)
+            daemon = Daemon(_settings(responders, bundle, listen, interval))
+            table = LiveTable()
+            daemon.listeners.append(table.observe)
+            await daemon.start()
+            resources.push_async_callback(daemon.stop)
+            host = listen.rsplit(":", 1)[0]
+            lines = [
+                f"meshprobe demo: cluster1 probing cluster1 (127.0.1.1) and cluster2 "
+                f"(127.0.2.1, +{remote_latency * 1000:.0f} ms)"
+                f"{' with a CA MISMATCH' if ca_mismatch else ''}",
+                f"metrics: http://{host}:{daemon.port}/metrics   (Ctrl-C to stop)",
+            ]
+            if with_prometheus:
+                scaled = tmp / "rules.yaml"
+                scaled.write_text(scale_durations(rules.read_text(), DEMO_SPEEDUP))
+                stack = await resources.enter_async_context(
+                    run_stack(
+                        tmp / "stack", scrape_targets=[f"{host}:{daemon.port}"], rules_file=scaled
+                    )
+                )
+                lines += [
+                    f"prometheus: {stack.prometheus_url}/alerts   alertmanager: "
+                    f"{stack.alertmanager_url}",
+                    f"(rules from {rules}, windows and for: shortened {DEMO_SPEEDUP}x)",
+                ]
+            banner = "\n".join(lines)
             print(banner, file=out, flush=True)
             await _refresh(
                 table=table, daemon=daemon, stop=stop, duration=duration, out=out, banner=banner
             )
-        finally:
-            await daemon.stop()
-            for r in responders:
-                for runner in r.runners:
-                    await runner.cleanup()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(sig)
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
     return 0
 
 

@@ -5,10 +5,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null; then
+if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
+    || ! command -v prometheus-blackbox-exporter >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null
+    apt-get install -y -qq --no-install-recommends \
+        prometheus prometheus-alertmanager prometheus-blackbox-exporter >/dev/null
 fi
 
 PY=${PYTHON:-python3}

@@ -24,6 +24,7 @@ from typing import Any, cast
 
 from meshprobe.model import TLSReport
 from meshprobe.tlscheck import TrustAnchors, assess_chain
+from meshprobe.verdictcache import VerdictCache
 
 __all__ = [
     "HandshakeRecorder",
@@ -69,6 +70,7 @@ class HandshakeRecorder:
     report: TLSReport | None = None
     rejected: bool = False
     fault: BaseException | None = None
+    verdicts: VerdictCache | None = None  # shared by the probes of one ProbeEnv
 
     def new_attempt(self) -> None:
         """Forget per-attempt state; `report` stays, so a reused connection keeps its verdict."""
@@ -112,7 +114,8 @@ class _RecordingSSLObject(ssl.SSLObject):
         recorder.finished = time.perf_counter()
         try:
             cipher = self.cipher()
-            report = assess_chain(
+            assess = recorder.verdicts.assess if recorder.verdicts is not None else assess_chain
+            report = assess(
                 _der_chain(self),
                 anchors=recorder.anchors,
                 server_name=recorder.server_name,

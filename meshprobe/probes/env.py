@@ -24,6 +24,7 @@ import meshprobe
 from meshprobe.model import Phase, ProbeResult, Reason, Target, TLSReport
 from meshprobe.tlscheck import TrustAnchors
 from meshprobe.tlsrecord import RecordingContext
+from meshprobe.verdictcache import VerdictCache
 
 __all__ = [
     "USER_AGENT",
@@ -150,6 +151,7 @@ class ProbeEnv:
     source_cluster: str
     anchors: TrustAnchors  # the default bundle; the daemon swaps it on a trust reload
     trust_domain: str | None
+    verdicts: VerdictCache = field(default_factory=VerdictCache, init=False, repr=False)
     _fresh: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
     _trace: aiohttp.TraceConfig | None = field(default=None, init=False, repr=False)
     _keepalive: dict[Target, KeepAlive] = field(default_factory=dict, init=False, repr=False)

@@ -57,6 +57,7 @@ def refresh_recorder(recorder: HandshakeRecorder, target: Target, env: ProbeEnv)
     recorder.expected_identity = target.tls.identity
     recorder.trust_domain = env.trust_domain
     recorder.enforce = not target.tls.insecure_skip_verify
+    recorder.verdicts = env.verdicts
     recorder.new_attempt()
 
 

@@ -352,7 +352,7 @@ async def test_crash_inside_tls_assessment_becomes_protocol(
     def crash(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("assessment bug")
 
-    monkeypatch.setattr("meshprobe.tlsrecord.assess_chain", crash)
+    monkeypatch.setattr("meshprobe.verdictcache.assess_chain", crash)
     async with FaultServer(faults.http(), tls=test_pki.good()) as srv:
         with capture_logs() as logs:
             https = await run_probe(make_target(srv.url("https")), env)

@@ -18,7 +18,12 @@ import aiohttp
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, current_attempt
 from meshprobe.probes.tcp import connect_reason
-from meshprobe.probes.tls import handshake_failure, new_context, refresh_recorder
+from meshprobe.probes.tls import (
+    handshake_failure,
+    new_context,
+    refresh_recorder,
+    target_context,
+)
 from meshprobe.tlsrecord import HandshakeRecorder, RecordingContext
 
 __all__ = ["SERVED_BY_HEADER", "probe_http"]
@@ -84,7 +89,7 @@ class _Timeline:
             phases[Phase.PROCESSING] = self.headers - self.sent
         if self.headers is not None and self.done is not None:
             phases[Phase.TRANSFER] = self.done - self.headers
-        if recorder is not None and (self.reused or recorder.started is not None):
+        if recorder is not None and (self.reused or recorder.finished is not None):
             attempt.tls = recorder.report
 
 
@@ -157,7 +162,7 @@ def _session_and_context(
         if entry.context is not None:
             refresh_recorder(entry.context.recorder, target, env)
         return entry.session, entry.context
-    context = new_context(target, env, alpn=_ALPN) if https else None
+    context = target_context(target, env, alpn=_ALPN) if https else None
     return env.fresh_session, context
 
 

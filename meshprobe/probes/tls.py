@@ -23,6 +23,7 @@ __all__ = [
     "probe_tls",
     "refresh_recorder",
     "sni",
+    "target_context",
 ]
 
 # How long a clean close (close_notify both ways) may take before the connection is dropped.
@@ -67,6 +68,15 @@ def new_context(target: Target, env: ProbeEnv, *, alpn: tuple[str, ...] = ()) ->
     return recording_context(recorder, alpn=alpn)
 
 
+def target_context(
+    target: Target, env: ProbeEnv, *, alpn: tuple[str, ...] = ()
+) -> RecordingContext:
+    """The target's reused context with its expectations refreshed for this attempt."""
+    ctx = env.context(target, lambda: new_context(target, env, alpn=alpn))
+    refresh_recorder(ctx.recorder, target, env)
+    return ctx
+
+
 def handshake_failure(recorder: HandshakeRecorder, exc: BaseException) -> tuple[Reason, str] | None:
     """Our own verdict first (the exception is just its carrier); None for a fault in the
     assessment itself, which the caller re-raises so `run_probe` logs it."""
@@ -105,13 +115,14 @@ async def _close(transport: asyncio.Transport, closed: asyncio.Future[None]) -> 
 def _record(attempt: Attempt, recorder: HandshakeRecorder) -> None:
     if recorder.duration is not None:
         attempt.phases[Phase.TLS] = recorder.duration
-    attempt.tls = recorder.report
+    if recorder.finished is not None:  # the context is reused: only this attempt's verdict
+        attempt.tls = recorder.report
 
 
 async def probe_tls(target: Target, env: ProbeEnv) -> ProbeResult:
     attempt = current_attempt()
     try:
-        context = new_context(target, env)
+        context = target_context(target, env)
     except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted
         return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
     recorder = context.recorder

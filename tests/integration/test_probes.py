@@ -372,3 +372,17 @@ async def test_cancellation_propagates(env: ProbeEnv) -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+@pytest.mark.parametrize("scheme", ["https", "tls"])
+async def test_reused_context_never_reports_a_stale_chain(
+    env: ProbeEnv, test_pki: TestPki, scheme: str
+) -> None:
+    async with FaultServer(faults.http(), tls=test_pki.good()) as srv:
+        target = make_target(srv.url(scheme))
+        first = await run_probe(target, env)
+    # Same target (so the same TLS context), server gone: no chain was presented this time.
+    second = await run_probe(target, env)
+    assert first.success and first.tls is not None
+    assert_failed(second, Reason.CONNECT_REFUSED)
+    assert second.tls is None

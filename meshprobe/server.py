@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry
-from prometheus_client.exposition import choose_encoder
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 CLUSTER_HEADER = "X-Meshprobe-Cluster"
 # The identity document is public and small; peers refuse anything bigger (see trust issue).
 IDENTITY_MAX_BYTES = 64 * 1024
 
 IdentityProvider = Callable[[], dict[str, Any]]
+EdgeText = Callable[[], Iterable[str]]
 Readiness = Callable[[], bool]
 
 
@@ -29,6 +29,7 @@ def build_app(
     identity: IdentityProvider,
     registry: CollectorRegistry | None = None,
     ready: Readiness = lambda: True,
+    edges: EdgeText | None = None,
     echo_delay: float = 0.0,
 ) -> web.Application:
     """`echo_delay` simulates network distance for the demo's far cluster; always 0 otherwise."""
@@ -58,17 +59,25 @@ def build_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if registry is not None:
-        app.router.add_get("/metrics", _metrics_handler(registry))
+        app.router.add_get("/metrics", _metrics_handler(registry, edges))
     return app
 
 
 def _metrics_handler(
-    registry: CollectorRegistry,
-) -> Callable[[web.Request], Any]:
-    async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(registry)
-        return web.Response(body=body, headers={"Content-Type": content_type})
+    registry: CollectorRegistry, edges: EdgeText | None
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """Text format 0.0.4, streamed: the edge families a slice at a time (yielding to the loop
+    between slices so probes keep their timing), then the instance and process metrics."""
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": CONTENT_TYPE_LATEST})
+        await resp.prepare(request)
+        for chunk in edges() if edges is not None else ():
+            await resp.write(chunk.encode())
+            await asyncio.sleep(0)
+        await resp.write(generate_latest(registry))
+        await resp.write_eof()
+        return resp
 
     return metrics
 

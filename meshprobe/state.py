@@ -25,6 +25,8 @@ class EdgeStats:
     served: dict[str, int] = field(default_factory=dict)
     last: ProbeResult | None = None
     last_tls: TLSReport | None = None
+    # The exposition's escaped label set, valid while `target` is the same object.
+    label_cache: tuple[Target, str] | None = None
 
     def __post_init__(self) -> None:
         for reason in KIND_REASONS[self.target.kind]:

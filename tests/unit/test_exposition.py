@@ -1,0 +1,119 @@
+"""The fast edge exposition says exactly what ProbeState holds, in valid text format."""
+
+import shutil
+import subprocess
+from dataclasses import replace
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from meshprobe.exposition import SLICE, edge_exposition
+from meshprobe.model import (
+    CertRole,
+    CertSummary,
+    Phase,
+    ProbeResult,
+    Reason,
+    Scope,
+    Target,
+    TLSReport,
+)
+from meshprobe.state import ProbeState
+
+BASE = Target(
+    name='ns/svc "quoted"\\back',
+    url="https://127.0.0.1:1/",
+    scheme="https",
+    host="127.0.0.1",
+    port=1,
+    path="/",
+    cluster="c2",
+    scope=Scope.REMOTE,
+    interval=1.0,
+    timeout=0.5,
+    budget=0.1,
+)
+CERT = CertSummary("CN=l", "CN=i", 0.0, 2e9, "ab" * 32, CertRole.LEAF)
+ROOT = CertSummary("CN=r", "CN=r", 0.0, 3e9, "cd" * 32, CertRole.ROOT, from_bundle=True)
+TLS = TLSReport(True, None, "verified", (CERT,), ROOT, "spiffe://td/ns/a/sa/b")
+
+
+def render(state: ProbeState) -> str:
+    return "".join(edge_exposition(state, "c1"))
+
+
+def test_samples_match_the_state_and_labels_are_escaped() -> None:
+    state = ProbeState()
+    state.set_targets([BASE])
+    state.record(
+        BASE,
+        ProbeResult(
+            success=True,
+            duration=0.012,
+            phases={Phase.CONNECT: 0.001, Phase.TLS: 0.004},
+            served_by="c2",
+            tls=TLS,
+        ),
+    )
+    state.record(BASE, ProbeResult(success=False, duration=0.5, reason=Reason.TIMEOUT))
+    samples = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in EDGE))): s.value
+        for f in text_string_to_metric_families(render(state))
+        for s in f.samples
+    }
+    labels = next(
+        s.labels
+        for f in text_string_to_metric_families(render(state))
+        for s in f.samples
+        if s.name == "meshprobe_probe_success"
+    )
+    assert labels == {
+        "source_cluster": "c1",
+        "target_cluster": "c2",
+        "target": 'ns/svc "quoted"\\back',
+        "scope": "remote",
+        "probe": "http",
+    }
+    assert samples[("meshprobe_probe_success", ())] == 0.0
+    assert samples[("meshprobe_probes_total", ())] == 2.0
+    assert samples[("meshprobe_probe_failures_total", (("reason", "timeout"),))] == 1.0
+    assert samples[("meshprobe_probe_failures_total", (("reason", "dns"),))] == 0.0
+    assert samples[("meshprobe_probe_over_budget_total", ())] == 1.0
+    assert samples[("meshprobe_probe_duration_seconds_count", ())] == 2.0
+    assert samples[("meshprobe_probe_duration_seconds_sum", ())] == 0.512
+    assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "0.015"),))] == 1.0
+    assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "+Inf"),))] == 2.0
+    assert samples[("meshprobe_served_total", (("served_by_cluster", "c2"),))] == 1.0
+    assert samples[("meshprobe_latency_budget_seconds", ())] == 0.1
+    assert samples[("meshprobe_tls_verified", ())] == 1.0
+    assert samples[("meshprobe_tls_cert_expiry_timestamp_seconds", (("role", "root"),))] == 3e9
+    info = (("identity", "spiffe://td/ns/a/sa/b"), ("root_fingerprint_sha256", "cd" * 32))
+    assert samples[("meshprobe_tls_peer_info", info)] == 1.0
+    # The last result failed before any phase: every phase of the kind is there, at 0.
+    assert samples[("meshprobe_probe_phase_duration_seconds", (("phase", "tls"),))] == 0.0
+
+
+EDGE = {"source_cluster", "target_cluster", "target", "scope", "probe"}
+
+
+def test_many_edges_come_in_slices_and_pass_promtool() -> None:
+    state = ProbeState()
+    targets = [replace(BASE, name=f"ns/svc-{i}") for i in range(SLICE * 2 + 7)]
+    state.set_targets(targets)
+    for t in targets:
+        state.record(t, ProbeResult(success=True, duration=0.003, tls=TLS))
+    chunks = list(edge_exposition(state, "c1"))
+    text = "".join(chunks)
+    assert len(chunks) > 3 * 11  # every family split over three slices
+    probed = [
+        s
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "meshprobe_probes_total"
+    ]
+    assert len(probed) == len(targets)
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert lint.returncode == 0 and lint.stdout == "" and lint.stderr == "", lint.stderr

@@ -70,7 +70,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_INVALID_CONFIG
     configure_logging(settings.log_level, settings.log_format)
+    settings = _with_kube_flags(settings, args.kubeconfig, args.context)
     return run_async(_run_daemon(settings, path))
+
+
+def _with_kube_flags(settings: Settings, kubeconfig: str | None, context: str | None) -> Settings:
+    """`--kubeconfig`/`--context` win over the file, like kubectl's flags over $KUBECONFIG."""
+    update = {k: v for k, v in (("kubeconfig", kubeconfig), ("context", context)) if v}
+    if not update:
+        return settings
+    kube = settings.discovery.kubernetes.model_copy(update=update)
+    discovery = settings.discovery.model_copy(update={"kubernetes": kube})
+    return settings.model_copy(update={"discovery": discovery})
 
 
 async def _run_daemon(settings: Settings, path: Path | None) -> int:
@@ -132,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the daemon")
     run.add_argument("--config", help="config file (default: $MESHPROBE_CONFIG)")
+    run.add_argument(
+        "--kubeconfig",
+        help="kubeconfig for discovery (default: in-cluster account, else $KUBECONFIG)",
+    )
+    run.add_argument("--context", help="kubeconfig context for discovery (default: current)")
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file; exit 2 when invalid")

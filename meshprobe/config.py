@@ -56,6 +56,7 @@ from meshprobe.config_types import (
     split_url,
 )
 from meshprobe.config_yaml import read_yaml_mapping
+from meshprobe.discovery.config import Discovery, TrustConfigMap, describe_kubernetes
 from meshprobe.durations import format_duration
 from meshprobe.model import SCHEME_KIND, Scope, Target, TLSOptions
 
@@ -107,6 +108,7 @@ class Trust(_Frozen):
     # Only shape is checked: whether the bundle parses is the trust loader's job, and it reports
     # that with the PEM's own errors.
     bundle_file: NonEmpty | None = None
+    configmap: TrustConfigMap | None = None  # watched through the Kubernetes API instead
     trust_domain: NonEmpty = "cluster.local"
 
     @field_validator("trust_domain")
@@ -115,6 +117,13 @@ class Trust(_Frozen):
         if any(c in value for c in "/: \t"):
             raise ValueError(f"invalid trust domain {value!r}: a bare name like cluster.local")
         return value
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Trust:
+        if self.bundle_file is not None and self.configmap is not None:
+            reason = "bundle_file and configmap are two sources for one bundle: choose one"
+            raise_cross_field([(("configmap",), reason)])
+        return self
 
 
 class TLSSpec(_Frozen):
@@ -218,6 +227,7 @@ class Settings(BaseSettings):
     trust: Trust = Trust()
     targets: list[TargetSpec] = []
     peers: list[PeerSpec] = []
+    discovery: Discovery = Discovery()
 
     @classmethod
     def settings_customise_sources(
@@ -384,6 +394,7 @@ def summarize(settings: Settings) -> str:
     peers = len(settings.peers)
     trust = settings.trust
     bundle = f"trust bundle {trust.bundle_file}" if trust.bundle_file else "no trust bundle"
+    bundle = describe_kubernetes(settings.discovery, trust.configmap, bundle)
     return (
         f"config OK: cluster {settings.cluster}, listen {settings.listen}, "
         f"{_plural(len(targets), 'target')} ({local} local, {len(targets) - local} remote), "

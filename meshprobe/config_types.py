@@ -63,6 +63,15 @@ def _dns_label(value: str) -> str:
     return value
 
 
+def _namespace(value: str) -> str:
+    if not _DNS_LABEL.fullmatch(value):
+        raise ValueError(
+            f"invalid namespace {value!r}: use lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit, at most 63 characters"
+        )
+    return value
+
+
 def _non_empty(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be empty")
@@ -78,6 +87,7 @@ def _http_status(value: int) -> int:
 Duration = Annotated[float, BeforeValidator(_positive_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
 ClusterName = Annotated[str, AfterValidator(_dns_label)]
+Namespace = Annotated[str, AfterValidator(_namespace)]
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
 HttpStatus = Annotated[int, AfterValidator(_http_status)]
 

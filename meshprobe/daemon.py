@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -20,6 +21,9 @@ from prometheus_client.core import Metric
 
 from meshprobe.bundlewatch import BundleWatcher
 from meshprobe.config import ConfigError, Settings, format_issues, load_settings
+from meshprobe.discovery.config import needs_kubernetes
+from meshprobe.discovery.merge import merge_peers, merge_targets
+from meshprobe.discovery.watch import WatchSettings
 from meshprobe.exporter import InstanceStatus, MeshprobeCollector
 from meshprobe.identity import identity_document
 from meshprobe.logsetup import configure_logging
@@ -31,6 +35,9 @@ from meshprobe.scheduler import Scheduler
 from meshprobe.server import build_app, start_site
 from meshprobe.state import ProbeState, Transition
 from meshprobe.tlscheck import TrustAnchors
+
+if TYPE_CHECKING:
+    from meshprobe.discovery.manager import Discovery
 
 log = structlog.get_logger(__name__)
 
@@ -49,10 +56,14 @@ class Daemon:
         *,
         config_path: Path | None = None,
         environ: dict[str, str] | None = None,
+        watch: WatchSettings | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self._environ = environ
+        self._watch_settings = watch or WatchSettings(
+            resync_period=settings.discovery.kubernetes.resync_period
+        )
         self.state = ProbeState()
         self.status = InstanceStatus(config_reload_timestamp=time.time())
         self.registry = CollectorRegistry(auto_describe=False)
@@ -76,6 +87,11 @@ class Daemon:
         self.bundle_watch: BundleWatcher | None = None
         self._bundle_task: asyncio.Task[None] | None = None
         self.bundle_checked = asyncio.Event()  # set after each poll of the bundle file
+        self.discovery: Discovery | None = None
+        self.targets_changed = asyncio.Event()  # set after each reconcile; tests wait on it
+        self.targets_added = 0  # scheduler loops started and stopped, over the daemon's life:
+        self.targets_removed = 0  # an unchanged target never counts in either
+        self._conflicts: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -99,7 +115,7 @@ class Daemon:
             cluster=settings.cluster,
             identity=self._identity,
             registry=self.registry,
-            ready=lambda: self.ready,
+            ready=self.is_ready,
         )
         host, port = settings.listen_host_port()
         self._runner, self.port = await start_site(app, host, port)
@@ -111,6 +127,7 @@ class Daemon:
             timeout=settings.defaults.timeout,
         )
         self._watch_bundle(settings, bundle)
+        self._start_discovery(settings)
         self._apply_targets(settings)
         self.ready = True
         log.info(
@@ -123,6 +140,8 @@ class Daemon:
     async def stop(self) -> None:
         """Cancel in-flight probes and close the listener; bounded so SIGTERM ends within 5 s."""
         self.ready = False
+        if self.discovery is not None:
+            await self.discovery.aclose()
         if self._scheduler is not None:
             await self._scheduler.aclose()
         if self.peers is not None:
@@ -151,7 +170,7 @@ class Daemon:
         """Re-read the config file (SIGHUP). A bad file is logged and the old config keeps
         running; `meshprobe_config_reload_success` tells the alerting side."""
         try:
-            new = load_settings(self.config_path, environ=self._environ)
+            new = self._restart_only(load_settings(self.config_path, environ=self._environ))
             bundle = load_bundle(new)
         except ConfigError as exc:
             self.status.config_reload_success = False
@@ -164,22 +183,75 @@ class Daemon:
             self.status.config_reload_success = False
             log.error("config reload failed, keeping the running config", error=str(exc))
             return False
-        for field in ("cluster", "listen"):
-            if getattr(new, field) != getattr(self.settings, field):
-                log.warning("setting changes only on restart", field=field)
         configure_logging(new.log_level, new.log_format)
-        self.settings = new.model_copy(
-            update={"cluster": self.settings.cluster, "listen": self.settings.listen}
-        )
+        self.settings = new
         if self._env is not None:
             self._env.trust_domain = new.trust.trust_domain
-        self._adopt_bundle(bundle)
+        if new.trust.configmap is None:  # else the ConfigMap watch keeps providing the roots
+            self._adopt_bundle(bundle)
         self._watch_bundle(new, bundle)
+        if self.discovery is not None:
+            self.discovery.set_defaults(new)
         self._apply_targets(self.settings)
         self.status.config_reload_success = True
         self.status.config_reload_timestamp = time.time()
         log.info("config reloaded", targets=len(self.state))
         return True
+
+    def _restart_only(self, new: Settings) -> Settings:
+        """The reloaded settings with what only a restart may change put back: the listener,
+        our cluster name, and where Kubernetes discovery and the trust ConfigMap come from."""
+        old = self.settings
+        for field in ("cluster", "listen", "discovery"):
+            if getattr(new, field) != getattr(old, field):
+                log.warning("setting changes only on restart", field=field)
+        trust = new.trust
+        if (new.trust.configmap, new.trust.bundle_file is None) != (
+            old.trust.configmap,
+            old.trust.bundle_file is None,
+        ) and (new.trust.configmap is not None or old.trust.configmap is not None):
+            log.warning("setting changes only on restart", field="trust.configmap")
+            trust = new.trust.model_copy(
+                update={"configmap": old.trust.configmap, "bundle_file": old.trust.bundle_file}
+            )
+        return new.model_copy(
+            update={
+                "cluster": old.cluster,
+                "listen": old.listen,
+                "discovery": old.discovery,
+                "trust": trust,
+            }
+        )
+
+    def _start_discovery(self, settings: Settings) -> None:
+        if not needs_kubernetes(settings.discovery, settings.trust.configmap):
+            return
+        # Imported here: the generated Kubernetes client is large, and most test and demo
+        # daemons never need it.
+        from meshprobe.discovery.manager import Discovery  # noqa: PLC0415
+
+        self.discovery = Discovery(
+            settings,
+            watch=self._watch_settings,
+            health=self.status.discovery,
+            environ=self._environ if self._environ is not None else dict(os.environ),
+            on_change=self._discovered,
+            adopt_bundle=self._adopt_bundle,
+            report_bundle=self._bundle_evaluated,
+        )
+        self.discovery.start()
+
+    def is_ready(self) -> bool:
+        """Started, and every Kubernetes source has completed its first list."""
+        return self.ready and (self.discovery is None or self.discovery.synced)
+
+    def _discovered(self) -> None:
+        if self._scheduler is not None:
+            self._apply_targets(self.settings)
+
+    def _bundle_evaluated(self, ok: bool) -> None:
+        self.status.bundle_reload_success = ok
+        self.bundle_checked.set()
 
     def _watch_bundle(self, settings: Settings, bundle: TrustAnchors | None) -> None:
         """(Re)start following the bundle file; polled at half the probe interval (at most 5 s)
@@ -219,12 +291,19 @@ class Daemon:
         return self.peers.collect() if self.peers is not None else iter(())
 
     def _apply_targets(self, settings: Settings) -> None:
+        """Static, peer and discovered targets, merged and reconciled by value: unchanged
+        targets keep their scheduler loop (and rhythm) whatever else changed."""
         assert self._scheduler is not None and self._env is not None
-        peers = [Peer(p.cluster, p.url) for p in settings.peers]
+        found = self.discovery
+        peers = merge_peers(
+            [Peer(p.cluster, p.url) for p in settings.peers],
+            found.peers() if found is not None else [],
+            own_cluster=settings.cluster,
+        )
         defaults = settings.defaults
         if self.peers is not None:
             self.peers.set_peers(peers, interval=defaults.interval, timeout=defaults.timeout)
-        targets = settings.build_targets() + [
+        static = settings.build_targets() + [
             peer_echo_target(
                 peer,
                 interval=defaults.interval,
@@ -233,13 +312,21 @@ class Daemon:
             )
             for peer in peers
         ]
+        targets, conflicts = merge_targets(static, found.targets() if found is not None else [])
+        if conflicts != self._conflicts:
+            for line in conflicts:
+                log.warning("discovered target conflicts with another, skipped", detail=line)
+            self._conflicts = conflicts
         before = self._scheduler.targets
         self.state.set_targets(targets)
         added, removed = self._scheduler.reconcile(targets)
+        self.targets_added += added
+        self.targets_removed += removed
         for target in before - set(targets):
             self._env.forget(target)
         if added or removed:
             log.info("targets reconciled", added=added, removed=removed, total=len(targets))
+        self.targets_changed.set()
 
     # -- results -------------------------------------------------------------------------------
 

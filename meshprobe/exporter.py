@@ -29,6 +29,26 @@ from meshprobe.tlscheck import TrustAnchors, summarize
 
 
 @dataclass(slots=True)
+class DiscoveryHealth:
+    """Per discovery source (`kubernetes`, `linkerd`, `trust-configmap`): up, and errors so far.
+
+    Only sources that are configured appear, so a meshprobe without Kubernetes exports none."""
+
+    up: dict[str, bool] = field(default_factory=dict)
+    errors: dict[str, int] = field(default_factory=dict)
+    target_sources: set[str] = field(default_factory=set)  # exported as meshprobe_targets 0 too
+
+    def register(self, source: str, *, yields_targets: bool) -> None:
+        self.up.setdefault(source, False)
+        self.errors.setdefault(source, 0)
+        if yields_targets:
+            self.target_sources.add(source)
+
+    def count_error(self, source: str) -> None:
+        self.errors[source] = self.errors.get(source, 0) + 1
+
+
+@dataclass(slots=True)
 class InstanceStatus:
     """Facts about this meshprobe process that are not per edge."""
 
@@ -38,6 +58,7 @@ class InstanceStatus:
     bundle: TrustAnchors | None = None  # the configured trust bundle; None when not configured
     bundle_reload_success: bool = True  # False while a changed bundle file fails to parse
     bundle_reload_timestamp: float = 0.0
+    discovery: DiscoveryHealth = field(default_factory=DiscoveryHealth)
 
 
 class MeshprobeCollector(Collector):
@@ -141,6 +162,26 @@ class MeshprobeCollector(Collector):
         family.add_metric([self._source], value)
         return family
 
+    def _discovery_families(self) -> Iterator[Metric]:
+        health = self._status.discovery
+        if not health.up:
+            return
+        up = GaugeMetricFamily(
+            m.DISCOVERY_UP,
+            "Whether the discovery source has listed and is watching its API objects.",
+            labels=["source_cluster", "discovery"],
+        )
+        errors = CounterMetricFamily(
+            m.DISCOVERY_ERRORS,
+            "Failed API requests, dropped watches and malformed objects, per discovery source.",
+            labels=["source_cluster", "discovery"],
+        )
+        for source in sorted(health.up):
+            up.add_metric([self._source, source], 1.0 if health.up[source] else 0.0)
+            errors.add_metric([self._source, source], health.errors.get(source, 0))
+        yield up
+        yield errors
+
     def _instance_families(self) -> Iterator[Metric]:
         """Instance metrics carry `source_cluster` too, so one `cluster` variable filters every
         panel of a dashboard that reads several clusters' meshprobes."""
@@ -173,9 +214,12 @@ class MeshprobeCollector(Collector):
         )
         counts = Counter(stats.target.discovery for stats in self._state.edges())
         counts.setdefault("static", 0)
+        for source in status.discovery.target_sources:
+            counts.setdefault(source, 0)
         for discovery, n in sorted(counts.items()):
             targets.add_metric([src, discovery], n)
         yield targets
+        yield from self._discovery_families()
         if status.bundle is not None:
             root_info = GaugeMetricFamily(
                 m.TRUST_ROOT_INFO,

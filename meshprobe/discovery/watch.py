@@ -1,0 +1,256 @@
+"""One kopf-style list/watch loop per collection.
+
+The cycle, as kopf's `_cogs/clients/watching.py` does it:
+1. list the collection and hand every object to the handler (`replace`), keeping the list's
+   `resourceVersion`;
+2. watch from that version with bookmarks on and a server-side `timeoutSeconds`, handing each
+   event to the handler (`apply`) and keeping the newest version seen (bookmarks move it too, so a
+   quiet collection does not fall out of the server's window);
+3. when the stream ends (server timeout, dropped connection) watch again from the newest version:
+   nothing is missed and nothing replayed twice;
+4. on `410 Gone` (our version was compacted away) list again at once; after `resync_period` list
+   again anyway, which bounds any drift.
+Failures back off exponentially with jitter, capped, and reset after the next success.
+
+We read the stream ourselves instead of using `kubernetes_asyncio.watch.Watch`: that class builds
+a second API client per watch, retries a 410 with the same stale version, and hands non-JSON lines
+back as strings; here every outcome is one of: an event, a bookmark, `Gone`, or an error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import aiohttp
+import structlog
+
+from meshprobe.discovery.client import Collection, KubeApi
+
+log = structlog.get_logger(__name__)
+
+Obj = dict[str, Any]
+_MAX_ERROR_BODY = 16 * 1024
+
+
+class WatchHandler(Protocol):
+    """Receives what the loop learns; called on the event loop, must not block."""
+
+    def replace(self, objects: list[Obj]) -> None:
+        """The complete collection as of a list: objects missing from it are gone."""
+
+    def apply(self, event: str, obj: Obj) -> None:
+        """One ADDED, MODIFIED or DELETED event."""
+
+
+class Gone(Exception):
+    """Our resourceVersion is older than the server keeps: list again."""
+
+
+class ApiError(Exception):
+    """The API server answered with an error status (403, 500, …)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"HTTP {status}: {message}")
+        self.status = status
+
+
+# Everything a flaky network or API server can throw at us; anything else is a bug and is
+# logged with its traceback, but still retried, because a watch must never stop.
+RETRYABLE = (ApiError, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 0.5
+    cap: float = 30.0
+    factor: float = 2.0
+    jitter: float = 0.5  # each delay is shortened by up to this fraction, so peers spread out
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        base = min(self.cap, self.initial * self.factor ** max(0, failures - 1))
+        return base * (1.0 - self.jitter * rng.random())
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    resync_period: float = 300.0  # list again after this long; also the longest watch request
+    request_timeout: float = 10.0  # connecting, listing, and silence beyond the watch's end
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+@dataclass(slots=True)
+class WatchStats:
+    """Counters tests and logs read."""
+
+    lists: int = 0
+    watches: int = 0
+    events: int = 0
+    bookmarks: int = 0
+    gone: int = 0
+    failures: int = 0
+    resource_version: str | None = None
+
+
+class WatchLoop:
+    def __init__(
+        self,
+        *,
+        api: KubeApi,
+        collection: Collection,
+        handler: WatchHandler,
+        settings: WatchSettings,
+        on_health: Callable[[bool, Exception | None], None],
+        activity: asyncio.Event | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._api = api
+        self.collection = collection
+        self._handler = handler
+        self._settings = settings
+        self._on_health = on_health  # (up, error) after every success or failure
+        # Set after every list, event, bookmark and failure: what tests wait on instead of sleeping.
+        self.activity = activity or asyncio.Event()
+        self._rng = rng or random.Random()
+        self._failures = 0  # consecutive, for the backoff
+        self.synced = asyncio.Event()  # the first list succeeded
+        self.stats = WatchStats()
+
+    async def run(self) -> None:
+        """List and watch until cancelled."""
+        while True:
+            try:
+                await self._cycle()
+            except RETRYABLE as exc:
+                await self._failed(exc)
+            except Exception as exc:  # a bug: log it loudly, keep watching
+                log.exception("watch loop error", collection=str(self.collection))
+                await self._failed(exc)
+
+    async def _cycle(self) -> None:
+        loop = asyncio.get_running_loop()
+        await self._list()
+        deadline = loop.time() + self._settings.resync_period
+        while (remaining := deadline - loop.time()) > 0:
+            try:
+                # From the newest version seen, even if the last stream broke mid-way: what
+                # arrived before the break is applied and must not be replayed.
+                await self._watch(max(1, math.ceil(remaining)))
+            except Gone:
+                self.stats.gone += 1
+                log.info("watch version expired, listing again", collection=str(self.collection))
+                return
+            except RETRYABLE as exc:
+                await self._failed(exc)
+
+    def _succeeded(self) -> None:
+        self._failures = 0
+        self._on_health(True, None)
+
+    async def _failed(self, exc: Exception) -> None:
+        self._failures += 1
+        self.stats.failures += 1
+        self._on_health(False, exc)
+        self.activity.set()
+        delay = self._settings.backoff.delay(self._failures, self._rng)
+        log.warning(
+            "kubernetes list/watch failed, retrying",
+            collection=str(self.collection),
+            error=f"{type(exc).__name__}: {exc}",
+            retry_in=round(delay, 3),
+            failures=self._failures,
+        )
+        await asyncio.sleep(delay)
+
+    def _progress(self) -> None:
+        self.activity.set()
+
+    async def _list(self) -> None:
+        timeout = self._settings.request_timeout
+        resp = await self._api.request(
+            self.collection,
+            watch=False,
+            request_timeout=aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout),
+        )
+        try:
+            await _check_status(resp)
+            body = await resp.json(content_type=None)
+        finally:
+            resp.release()
+        if not isinstance(body, dict) or not isinstance(body.get("items"), list):
+            raise ValueError("list answer has no items")
+        items = [item for item in body["items"] if isinstance(item, dict)]
+        self._handler.replace(items)
+        self.stats.lists += 1
+        self.stats.resource_version = _version(body)
+        self._succeeded()
+        self.synced.set()
+        self._progress()
+
+    async def _watch(self, timeout_seconds: int) -> None:
+        timeout = self._settings.request_timeout
+        resp = await self._api.request(
+            self.collection,
+            watch=True,
+            resource_version=self.stats.resource_version,
+            timeout_seconds=timeout_seconds,
+            request_timeout=aiohttp.ClientTimeout(
+                sock_connect=timeout, sock_read=timeout_seconds + timeout
+            ),
+        )
+        try:
+            await _check_status(resp)
+            self.stats.watches += 1
+            self._succeeded()
+            async for line in resp.content:
+                if line.strip():
+                    self._event(line)
+        finally:
+            resp.close()  # a watch connection is never reused
+
+    def _event(self, line: bytes) -> None:
+        event = json.loads(line)
+        if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
+            raise ValueError(f"watch line is not an event: {line[:200]!r}")
+        kind, obj = event.get("type"), event["object"]
+        if kind == "ERROR":
+            code = obj.get("code")
+            if code == 410:
+                raise Gone(obj.get("message", "gone"))
+            raise ApiError(code if isinstance(code, int) else 0, str(obj.get("message", obj)))
+        if kind == "BOOKMARK":
+            self.stats.bookmarks += 1
+        elif kind in ("ADDED", "MODIFIED", "DELETED"):
+            self.stats.events += 1
+            self._handler.apply(kind, obj)
+        else:
+            log.warning("unknown watch event type", type=kind, collection=str(self.collection))
+        self.stats.resource_version = _version(obj) or self.stats.resource_version
+        self._progress()
+
+
+def _version(obj: Obj) -> str | None:
+    meta = obj.get("metadata")
+    version = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    return version if isinstance(version, str) and version else None
+
+
+async def _check_status(resp: aiohttp.ClientResponse) -> None:
+    if resp.status == 200:
+        return
+    body = await resp.content.read(_MAX_ERROR_BODY)
+    message = body.decode("utf-8", "replace").strip()
+    try:
+        status = json.loads(body)
+        if isinstance(status, dict) and "message" in status:
+            message = str(status["message"])
+    except ValueError:
+        pass
+    if resp.status == 410:
+        raise Gone(message)
+    raise ApiError(resp.status, message or (resp.reason or ""))

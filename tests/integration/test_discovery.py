@@ -1,0 +1,269 @@
+"""Kubernetes discovery end to end: the real kubernetes-asyncio client over HTTP on loopback
+against the fake API server, driving a real Daemon; targets are read from the daemon's state and
+its /metrics, and every wait is on an event the daemon or the fake sets."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import aiohttp
+from structlog.testing import capture_logs
+
+from meshprobe.discovery import services as ann
+from meshprobe.model import Scope
+from tests.integration.daemonkit import Rounds, samples, scrape_daemon
+from tests.integration.kubefake import (
+    FakeKube,
+    daemon_config,
+    eventually,
+    free_port,
+    kube_daemon,
+    service,
+    targets_of,
+    until_discovered,
+)
+
+PROBED = {ann.PROBE: "true"}
+
+
+def _metric(text: str, name: str, **labels: str) -> list[float]:
+    return [v for lbl, v in samples(text, name) if all(lbl.get(k) == w for k, w in labels.items())]
+
+
+async def test_annotated_service_appears_changes_and_disappears(tmp_path: Path) -> None:
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        fake.put("services", service("default", "plain"))  # not annotated: never a target
+        async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+            await until_discovered(daemon, daemon.is_ready)
+            created = time.perf_counter()
+            fake.put(
+                "services",
+                service(
+                    "production",
+                    "api",
+                    annotations={**PROBED, ann.PATH: "/healthz", ann.INTERVAL: "1s"},
+                    ports=[("grpc", 9090), ("http", 8080)],
+                ),
+            )
+            await until_discovered(
+                daemon, lambda: ("production/api", "cluster1") in targets_of(daemon)
+            )
+            appeared = time.perf_counter() - created
+            assert appeared < 2.0, f"target appeared after {appeared:.3f}s"
+            target = targets_of(daemon)[("production/api", "cluster1")]
+            assert target.url == "http://api.production.svc.cluster.local:8080/healthz"
+            assert (target.scope, target.interval, target.discovery) == (
+                Scope.LOCAL,
+                1.0,
+                "kubernetes",
+            )
+            assert set(targets_of(daemon)) == {("production/api", "cluster1")}
+            text = await scrape_daemon(daemon)
+            assert _metric(text, "meshprobe_targets", discovery="kubernetes") == [1.0]
+            assert _metric(text, "meshprobe_discovery_up", discovery="kubernetes") == [1.0]
+            assert _metric(text, "meshprobe_latency_budget_seconds", target="production/api") == [
+                0.05
+            ]
+
+            # New annotations: the same edge, changed in place.
+            fake.put(
+                "services",
+                service(
+                    "production",
+                    "api",
+                    annotations={**PROBED, ann.PORT: "grpc", ann.SCHEME: "tcp", ann.BUDGET: "20ms"},
+                    ports=[("grpc", 9090), ("http", 8080)],
+                ),
+            )
+            await until_discovered(
+                daemon, lambda: targets_of(daemon)[("production/api", "cluster1")].scheme == "tcp"
+            )
+            target = targets_of(daemon)[("production/api", "cluster1")]
+            assert (target.url, target.budget) == (
+                "tcp://api.production.svc.cluster.local:9090",
+                0.02,
+            )
+            text = await scrape_daemon(daemon)
+            assert _metric(text, "meshprobe_latency_budget_seconds", target="production/api") == [
+                0.02
+            ]
+
+            fake.delete("services", "production", "api")
+            await until_discovered(daemon, lambda: not targets_of(daemon))
+            text = await scrape_daemon(daemon)
+            assert 'target="production/api"' not in text
+            assert _metric(text, "meshprobe_targets", discovery="kubernetes") == [0.0]
+            assert _metric(
+                text, "meshprobe_targets", source_cluster="cluster1", discovery="kubernetes"
+            )
+
+
+async def test_linkerd_mirror_is_a_remote_target_and_meshprobe_mirror_a_peer(
+    tmp_path: Path,
+) -> None:
+    mirror = {ann.MIRRORED: "true", ann.MIRROR_CLUSTER: "cluster2"}
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        fake.put("services", service("production", "api-cluster2", labels=mirror))
+        fake.put(
+            "services",
+            service(
+                "production", "batch-cluster2", labels=mirror, annotations={ann.PROBE: "false"}
+            ),
+        )
+        fake.put(
+            "services",
+            service(
+                "meshprobe",
+                "meshprobe-cluster2",
+                labels={**mirror, ann.APP_NAME: "meshprobe"},
+                ports=[("http", 9942)],
+            ),
+        )
+        async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+            await until_discovered(daemon, lambda: len(targets_of(daemon)) == 2)
+            found = targets_of(daemon)
+            assert set(found) == {("production/api", "cluster2"), ("meshprobe/echo", "cluster2")}
+            api = found[("production/api", "cluster2")]
+            assert api.url == "http://api-cluster2.production.svc.cluster.local:80/"
+            assert (api.scope, api.budget, api.discovery) == (Scope.REMOTE, 0.15, "linkerd")
+            echo = found[("meshprobe/echo", "cluster2")]
+            assert echo.url == "http://meshprobe-cluster2.meshprobe.svc.cluster.local:9942/v1/echo"
+            assert daemon.peers is not None
+            peers = daemon.peers
+            await eventually(lambda: "cluster2" in peers.status, peers.changed)
+            text = await scrape_daemon(daemon)
+            assert _metric(text, "meshprobe_peer_up", peer_cluster="cluster2") == [0.0]
+            assert _metric(text, "meshprobe_targets", discovery="linkerd") == [1.0]
+            assert _metric(text, "meshprobe_targets", discovery="peer") == [1.0]
+
+
+async def test_watch_survives_dropped_connection_and_410_gone(tmp_path: Path) -> None:
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        for name in ("a", "b", "c"):
+            fake.put("services", service("default", name, annotations=PROBED))
+        async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+            assert daemon.discovery is not None
+            await until_discovered(daemon, lambda: len(targets_of(daemon)) == 3)
+            await fake.wait_for(lambda: fake.active_watches == 1)
+            (loop,) = daemon.discovery.loops
+            start = (daemon.targets_added, daemon.targets_removed)
+
+            # Cut the watch while the API server refuses reconnects; change things meanwhile.
+            fake.failing = 503
+            fake.drop_watches()
+            await until_discovered(daemon, lambda: loop.stats.failures >= 2)
+            fake.put("services", service("default", "d", annotations=PROBED))
+            fake.put("services", service("default", "b", annotations={**PROBED, ann.PATH: "/b"}))
+            fake.delete("services", "default", "c")
+            fake.bookmark()  # no watch open: nobody hears it
+            fake.failing = None
+            expected = {"default/a": "/", "default/b": "/b", "default/d": "/"}
+            await until_discovered(
+                daemon,
+                lambda: {n: t.path for (n, _), t in targets_of(daemon).items()} == expected,
+            )
+            assert loop.stats.lists == 1, "a dropped watch resumes from its version, no relist"
+            resumed = [r for r in fake.requests if r.verb == "watch"][-1]
+            assert int(resumed.query["resourceVersion"]) >= 1003
+            # Only real changes restarted loops: d and the new b in, c and the old b out.
+            assert (daemon.targets_added - start[0], daemon.targets_removed - start[1]) == (2, 2)
+
+            # Now expire our version: the watch gets 410 Gone and lists again.
+            await fake.wait_for(lambda: fake.active_watches == 1)
+            fake.put("services", service("default", "e", annotations=PROBED))
+            await until_discovered(daemon, lambda: ("default/e", "cluster1") in targets_of(daemon))
+            fake.bookmark()
+            await until_discovered(daemon, lambda: loop.stats.bookmarks >= 1)
+            fake.delete("services", "default", "a")
+            fake.expire_watches()  # history compacted: a's deletion only shows in a new list
+            await until_discovered(daemon, lambda: loop.stats.lists == 2)
+            await until_discovered(
+                daemon, lambda: ("default/a", "cluster1") not in targets_of(daemon)
+            )
+            assert sorted(n for n, _ in targets_of(daemon)) == [
+                "default/b",
+                "default/d",
+                "default/e",
+            ]
+            assert loop.stats.gone == 1
+            assert (daemon.targets_added - start[0], daemon.targets_removed - start[1]) == (3, 3)
+            text = await scrape_daemon(daemon)
+            assert _metric(text, "meshprobe_discovery_up", discovery="kubernetes") == [1.0]
+            # The dropped stream and the refused reconnects count; 410 Gone is routine and does not.
+            errors = _metric(text, "meshprobe_discovery_errors_total", discovery="kubernetes")
+            assert errors == [float(loop.stats.failures)]
+
+
+async def test_api_server_down_at_start_then_ready(tmp_path: Path) -> None:
+    port = free_port()
+    fake = FakeKube(port=port)
+    kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+    async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+        assert daemon.discovery is not None
+        await until_discovered(daemon, lambda: bool(daemon.discovery and daemon.discovery.loops))
+        (loop,) = daemon.discovery.loops
+        await until_discovered(daemon, lambda: loop.stats.failures >= 2)
+        base = f"http://127.0.0.1:{daemon.port}"
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{base}/readyz") as resp:
+                assert resp.status == 503
+            async with http.get(f"{base}/healthz") as resp:
+                assert resp.status == 200
+            text = await scrape_daemon(daemon)
+            assert _metric(text, "meshprobe_discovery_up", discovery="kubernetes") == [0.0]
+            assert _metric(text, "meshprobe_discovery_errors_total", discovery="kubernetes")[0] >= 2
+
+            fake.put("services", service("default", "late", annotations=PROBED))
+            async with fake:
+                await until_discovered(daemon, daemon.is_ready)
+                async with http.get(f"{base}/readyz") as resp:
+                    assert resp.status == 200
+                assert ("default/late", "cluster1") in targets_of(daemon)
+                text = await scrape_daemon(daemon)
+                assert _metric(text, "meshprobe_discovery_up", discovery="kubernetes") == [1.0]
+
+
+async def test_malformed_annotation_skips_only_that_service(tmp_path: Path) -> None:
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        fake.put("services", service("apps", "good1", annotations=PROBED))
+        fake.put("services", service("apps", "bad-port", annotations={**PROBED, ann.PORT: "nope"}))
+        fake.put("services", service("apps", "good2", annotations=PROBED))
+        with capture_logs() as logs:
+            async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+                rounds = Rounds(daemon)
+                await until_discovered(daemon, lambda: len(targets_of(daemon)) == 2)
+                assert set(targets_of(daemon)) == {
+                    ("apps/good1", "cluster1"),
+                    ("apps/good2", "cluster1"),
+                }
+                bad = service("apps", "bad-interval", annotations={**PROBED, ann.INTERVAL: "soon"})
+                fake.put("services", bad)
+                fake.put("services", service("apps", "good3", annotations=PROBED))
+                await until_discovered(daemon, lambda: len(targets_of(daemon)) == 3)
+                await rounds.wait(["apps/good1", "apps/good2", "apps/good3"], at_least=2)
+                text = await scrape_daemon(daemon)
+                errors = _metric(text, "meshprobe_discovery_errors_total", discovery="kubernetes")
+                assert errors == [2.0]
+                assert _metric(text, "meshprobe_discovery_up", discovery="kubernetes") == [1.0]
+
+                # Fixed: the Service becomes a target, the error count stays where it was.
+                fake.put(
+                    "services",
+                    service("apps", "bad-port", annotations={**PROBED, ann.PORT: "http"}),
+                )
+                await until_discovered(daemon, lambda: len(targets_of(daemon)) == 4)
+                text = await scrape_daemon(daemon)
+                errors = _metric(text, "meshprobe_discovery_errors_total", discovery="kubernetes")
+                assert errors == [2.0]
+    skipped = [e for e in logs if e["event"] == "malformed annotation, Service skipped"]
+    assert [(e["service"], e["annotation"]) for e in skipped] == [
+        ("apps/bad-port", ann.PORT),
+        ("apps/bad-interval", ann.INTERVAL),
+    ]
+    assert "no port named 'nope'" in skipped[0]["reason"]
+    assert skipped[0]["log_level"] == "warning"

@@ -151,6 +151,7 @@ class WatchLoop:
     def _succeeded(self) -> None:
         self._failures = 0
         self._on_health(True, None)
+        self.activity.set()
 
     async def _failed(self, exc: Exception) -> None:
         self._failures += 1

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import aiohttp
+import yaml
 from structlog.testing import capture_logs
 
 from meshprobe.discovery import services as ann
@@ -267,3 +268,32 @@ async def test_malformed_annotation_skips_only_that_service(tmp_path: Path) -> N
     ]
     assert "no port named 'nope'" in skipped[0]["reason"]
     assert skipped[0]["log_level"] == "warning"
+
+
+async def test_reload_applies_defaults_to_discovered_targets_keeps_discovery(
+    tmp_path: Path,
+) -> None:
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        fake.put("services", service("default", "x", annotations=PROBED))
+        config = daemon_config(kubeconfig)
+        async with kube_daemon(tmp_path, config) as daemon:
+            await until_discovered(daemon, lambda: len(targets_of(daemon)) == 1)
+            assert daemon.config_path is not None
+            changed = daemon_config(
+                kubeconfig,
+                defaults={"interval": "400ms", "timeout": "150ms"},
+                discovery={"kubernetes": {"enabled": False}},
+            )
+            daemon.config_path.write_text(yaml.safe_dump(changed))
+            with capture_logs() as logs:
+                assert daemon.reload()
+            assert [t.interval for t in targets_of(daemon).values()] == [0.4]
+            assert daemon.settings.discovery.kubernetes.enabled  # restart-only
+            assert {"event": "setting changes only on restart", "field": "discovery"} in [
+                {k: e[k] for k in ("event", "field") if k in e} for e in logs
+            ]
+            # The watch is the same one and still delivers.
+            fake.put("services", service("default", "y", annotations=PROBED))
+            await until_discovered(daemon, lambda: len(targets_of(daemon)) == 2)
+            assert {t.interval for t in targets_of(daemon).values()} == {0.4}

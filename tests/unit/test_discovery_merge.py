@@ -186,3 +186,32 @@ def test_config_errors(data: dict[str, Any], path: str, reason: str) -> None:
     with pytest.raises(ConfigError) as err:
         load_settings_from_mapping({"cluster": "c1", **data})
     assert any(i.path == path and reason in i.reason for i in err.value.errors), err.value.errors
+
+
+def test_cli_kube_flags_override_the_file() -> None:
+    from meshprobe.cli import _with_kube_flags, build_parser  # noqa: PLC0415
+
+    args = build_parser().parse_args(["run", "--kubeconfig", "/k", "--context", "east"])
+    settings = load_settings_from_mapping(
+        {"cluster": "c1", "discovery": {"kubernetes": {"enabled": True, "kubeconfig": "/file"}}}
+    )
+    kube = _with_kube_flags(settings, args.kubeconfig, args.context).discovery.kubernetes
+    assert (kube.enabled, kube.kubeconfig, kube.context) == (True, "/k", "east")
+    assert _with_kube_flags(settings, None, None) is settings
+
+
+def test_check_summary_names_the_kubernetes_sources() -> None:
+    from meshprobe.config import summarize  # noqa: PLC0415
+
+    settings = load_settings_from_mapping(
+        {
+            "cluster": "c1",
+            "trust": {"configmap": "linkerd"},
+            "discovery": {"kubernetes": {"enabled": True}},
+        }
+    )
+    line = summarize(settings)
+    assert (
+        "trust bundle from ConfigMap linkerd/linkerd-identity-trust-roots key ca-bundle.crt" in line
+    )
+    assert "Kubernetes discovery in all namespaces" in line

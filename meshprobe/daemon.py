@@ -25,6 +25,7 @@ from meshprobe.discovery.config import needs_kubernetes
 from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import WatchSettings
 from meshprobe.exporter import InstanceStatus, MeshprobeCollector
+from meshprobe.exposition import edge_exposition
 from meshprobe.identity import identity_document
 from meshprobe.logsetup import configure_logging
 from meshprobe.looplag import monitor_loop_lag
@@ -115,6 +116,7 @@ class Daemon:
             cluster=settings.cluster,
             identity=self._identity,
             registry=self.registry,
+            edges=lambda: edge_exposition(self.state, self.settings.cluster),
             ready=self.is_ready,
         )
         host, port = settings.listen_host_port()

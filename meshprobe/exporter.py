@@ -23,8 +23,8 @@ from prometheus_client.registry import Collector
 from meshprobe import __version__
 from meshprobe import metricnames as m
 from meshprobe.histogram import Histogram
-from meshprobe.model import KIND_PHASES, CertRole
-from meshprobe.state import EdgeStats, ProbeState
+from meshprobe.model import CertRole
+from meshprobe.state import ProbeState
 from meshprobe.tlscheck import TrustAnchors, summarize
 
 
@@ -80,82 +80,10 @@ class MeshprobeCollector(Collector):
         return ()
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._edge_families()
+        # The per-edge families are rendered by meshprobe.exposition (fast, in slices).
         yield from self._instance_families()
         for producer in self._extra:
             yield from producer()
-
-    def _labels(self, stats: EdgeStats) -> list[str]:
-        t = stats.target
-        return [self._source, t.cluster, t.name, t.scope.value, t.kind.value]
-
-    def _edge_families(self) -> Iterator[Metric]:
-        edge = list(m.EDGE_LABELS)
-        success = GaugeMetricFamily(
-            m.PROBE_SUCCESS, "Whether the last probe of the edge succeeded.", labels=edge
-        )
-        duration = HistogramMetricFamily(
-            m.PROBE_DURATION, "Duration of whole probes, failed ones included.", labels=edge
-        )
-        phases = GaugeMetricFamily(
-            m.PROBE_PHASE_DURATION,
-            "Duration of each phase of the last probe.",
-            labels=[*edge, "phase"],
-            unit="seconds",
-        )
-        total = CounterMetricFamily(m.PROBES, "Probes run.", labels=edge)
-        failures = CounterMetricFamily(
-            m.PROBE_FAILURES, "Failed probes by reason.", labels=[*edge, "reason"]
-        )
-        budget = GaugeMetricFamily(
-            m.LATENCY_BUDGET, "Latency budget of the edge.", labels=edge, unit="seconds"
-        )
-        over = CounterMetricFamily(
-            m.PROBE_OVER_BUDGET, "Probes slower than the edge's latency budget.", labels=edge
-        )
-        served = CounterMetricFamily(
-            m.SERVED,
-            "Answers by the cluster named in X-Meshprobe-Cluster.",
-            labels=[*edge, "served_by_cluster"],
-        )
-        verified = GaugeMetricFamily(
-            m.TLS_VERIFIED, "Whether the last presented chain verified.", labels=edge
-        )
-        expiry = GaugeMetricFamily(
-            m.TLS_CERT_EXPIRY,
-            "Earliest NotAfter per certificate role in the last chain.",
-            labels=[*edge, "role"],
-        )
-        peer_info = GaugeMetricFamily(
-            m.TLS_PEER_INFO,
-            "Identity and anchoring root of the last presented chain.",
-            labels=[*edge, "identity", "root_fingerprint_sha256"],
-        )
-        for stats in self._state.edges():
-            labels = self._labels(stats)
-            target = stats.target
-            last = stats.last
-            success.add_metric(labels, 1.0 if last is not None and last.success else 0.0)
-            duration.add_metric(labels, stats.histogram.cumulative(), stats.histogram.sum)
-            total.add_metric(labels, stats.probes_total)
-            for reason, count in stats.failures.items():
-                failures.add_metric([*labels, reason.value], count)
-            budget.add_metric(labels, target.budget)
-            over.add_metric(labels, stats.over_budget_total)
-            for cluster, count in stats.served.items():
-                served.add_metric([*labels, cluster], count)
-            if last is not None:
-                for phase in KIND_PHASES[target.scheme]:
-                    phases.add_metric([*labels, phase.value], last.phases.get(phase, 0.0))
-            tls = stats.last_tls
-            if tls is not None:
-                verified.add_metric(labels, 1.0 if tls.verified else 0.0)
-                for role, ts in sorted(tls.earliest_expiry().items()):
-                    expiry.add_metric([*labels, role.value], ts)
-                root_fp = tls.root.fingerprint_sha256 if tls.root is not None else ""
-                peer_info.add_metric([*labels, tls.identity or "", root_fp], 1.0)
-        yield from (success, duration, phases, total, failures, budget, over, served)
-        yield from (verified, expiry, peer_info)
 
     def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(name, documentation, labels=["source_cluster"])

@@ -35,6 +35,9 @@ class KubernetesDiscovery(_Frozen):
     kubeconfig: NonEmpty | None = None  # default: in-cluster service account, else $KUBECONFIG
     context: NonEmpty | None = None
     cluster_domain: NonEmpty = "cluster.local"  # discovered URLs use <svc>.<ns>.svc.<domain>
+    # `dns` probes the Service's name, so resolution is measured as clients see it; `cluster-ip`
+    # probes spec.clusterIP, for clusters whose DNS meshprobe should not depend on.
+    address: Literal["dns", "cluster-ip"] = "dns"
 
     @field_validator("namespaces")
     @classmethod

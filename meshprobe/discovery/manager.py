@@ -41,6 +41,7 @@ def target_defaults(settings: Settings) -> TargetDefaults:
     return TargetDefaults(
         cluster=settings.cluster,
         cluster_domain=settings.discovery.kubernetes.cluster_domain,
+        address=settings.discovery.kubernetes.address,
         interval=d.interval,
         timeout=d.timeout,
         budget_local=d.budget.local,

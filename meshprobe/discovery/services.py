@@ -12,6 +12,7 @@ A malformed annotation raises `AnnotationError` naming it; the caller skips that
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +59,7 @@ class TargetDefaults:
     budget_local: float
     budget_remote: float
     body_limit: int
+    address: str = "dns"  # or "cluster-ip"
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +108,25 @@ def classify(obj: dict[str, Any], defaults: TargetDefaults) -> Found | None:
     base = name[: -len(suffix)] if name.endswith(suffix) and len(name) > len(suffix) else name
     target = build_target(obj, annotations, defaults, name=f"{namespace}/{base}", cluster=cluster)
     return Found(SOURCE_LINKERD, target=target)
+
+
+def service_host(obj: dict[str, Any], defaults: TargetDefaults) -> str:
+    """The Service's DNS name, or its cluster IP when configured so."""
+    namespace, name = object_name(obj)
+    if defaults.address != "cluster-ip":
+        return f"{name}.{namespace}.svc.{defaults.cluster_domain}"
+    ip = (obj.get("spec") or {}).get("clusterIP")
+    if not isinstance(ip, str) or not ip or ip == "None":
+        raise AnnotationError("spec.clusterIP", "no cluster IP (headless?) to probe by address")
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        raise AnnotationError("spec.clusterIP", f"{ip!r} is not an IP address") from None
+    return ip
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _ports(obj: dict[str, Any]) -> list[dict[str, Any]]:
@@ -189,23 +210,22 @@ def build_target(
     name: str,
     cluster: str | None = None,
 ) -> Target:
-    namespace, svc = object_name(obj)
     ports = _ports(obj)
     scheme_hint = annotations.get(SCHEME, "").strip().lower()
     port = _choose_port(ports, annotations, tuple(p for p in (scheme_hint, "http", "https") if p))
     number = _port_number(port)
     scheme = _scheme(annotations, port)
-    host = f"{svc}.{namespace}.svc.{defaults.cluster_domain}"
+    host = service_host(obj, defaults)
     path = "/"
     if scheme in ("http", "https"):
         path = annotations.get(PATH, "/").strip()
         if not _PATH.fullmatch(path):
             raise AnnotationError(PATH, f"{path!r} must start with '/' and contain no spaces")
-        url = f"{scheme}://{host}:{number}{path}"
+        url = f"{scheme}://{_url_host(host)}:{number}{path}"
     else:
         if PATH in annotations:
             raise AnnotationError(PATH, f"{scheme} probes take no path")
-        url = f"{scheme}://{host}:{number}"
+        url = f"{scheme}://{_url_host(host)}:{number}"
     identity = annotations.get(IDENTITY)
     if identity is not None:
         identity = identity.strip()
@@ -246,9 +266,8 @@ def build_target(
 def build_peer(
     obj: dict[str, Any], annotations: dict[str, str], defaults: TargetDefaults, cluster: str
 ) -> Peer:
-    namespace, svc = object_name(obj)
     port = _port_number(_choose_port(_ports(obj), annotations, ("http", "https", "metrics")))
     scheme = annotations.get(SCHEME, "http").strip().lower()
     if scheme not in ("http", "https"):
         raise AnnotationError(SCHEME, f"a meshprobe peer is http or https, not {scheme!r}")
-    return Peer(cluster, f"{scheme}://{svc}.{namespace}.svc.{defaults.cluster_domain}:{port}")
+    return Peer(cluster, f"{scheme}://{_url_host(service_host(obj, defaults))}:{port}")

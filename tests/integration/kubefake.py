@@ -16,24 +16,18 @@ tests need.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import copy
 import json
 import socket
 import ssl
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 from aiohttp import web
-
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
-from meshprobe.discovery.watch import Backoff, WatchSettings
-from meshprobe.model import Target
 
 Obj = dict[str, Any]
 RESOURCES = {"services": "Service", "configmaps": "ConfigMap"}
@@ -72,7 +66,9 @@ def service(
     annotations: dict[str, str] | None = None,
     labels: dict[str, str] | None = None,
     ports: list[tuple[str, int]] | None = None,
+    cluster_ip: str = "127.0.0.1",
 ) -> Obj:
+    """A Service; its cluster IP is loopback so `address: cluster-ip` probes reach test servers."""
     port_list = [{"name": n, "port": p, "protocol": "TCP"} for n, p in (ports or [("http", 80)])]
     return {
         "apiVersion": "v1",
@@ -83,7 +79,7 @@ def service(
             "annotations": dict(annotations or {}),
             "labels": dict(labels or {}),
         },
-        "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.10", "ports": port_list},
+        "spec": {"type": "ClusterIP", "clusterIP": cluster_ip, "ports": port_list},
     }
 
 
@@ -147,6 +143,7 @@ class FakeKube:
         self._changed = asyncio.Event()
         self.requests: list[Recorded] = []
         self.failing: int | None = None  # answer every request with this HTTP status
+        self.gone_as_status = False  # expired versions get HTTP 410, not an ERROR event in a 200
         self.watches_opened = 0
 
     # -- server lifecycle ----------------------------------------------------------------------
@@ -321,6 +318,8 @@ class FakeKube:
             resource, namespace, matches, _parse_bool(query.get("allowWatchBookmarks"))
         )
         since = query.get("resourceVersion")
+        if since and int(since) < self._floor and self.gone_as_status:
+            return _status(410, "Expired", "too old resource version")
         if since and int(since) < self._floor:
             watcher.queue.put_nowait(_gone_event())
         elif since:
@@ -383,67 +382,3 @@ def _status(code: int, reason: str, message: str) -> web.Response:
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message}
     body.update({"reason": reason, "code": code})  # type: ignore[dict-item]
     return web.json_response(body, status=code)
-
-
-# -- driving a real Daemon against the fake --------------------------------------------------------
-
-# Fast retries so the tests wait on events for milliseconds, not on production backoff.
-FAST_WATCH = WatchSettings(
-    resync_period=300.0, request_timeout=2.0, backoff=Backoff(initial=0.05, cap=0.3)
-)
-
-
-def daemon_config(kubeconfig: Path, **extra: Any) -> dict[str, Any]:
-    config: dict[str, Any] = {
-        "cluster": "cluster1",
-        "listen": "127.0.0.1:0",
-        "log_format": "json",
-        "defaults": {"interval": "200ms", "timeout": "150ms"},
-        "discovery": {"kubernetes": {"enabled": True, "kubeconfig": str(kubeconfig)}},
-    }
-    for key, value in extra.items():
-        if isinstance(value, dict) and isinstance(config.get(key), dict):
-            config[key] = {**config[key], **value}
-        else:
-            config[key] = value
-    return config
-
-
-@contextlib.asynccontextmanager
-async def kube_daemon(
-    tmp_path: Path, config: dict[str, Any], *, watch: WatchSettings = FAST_WATCH
-) -> AsyncIterator[Daemon]:
-    path = tmp_path / "meshprobe.yaml"
-    path.write_text(yaml.safe_dump(config))
-    daemon = Daemon(load_settings(path, environ={}), config_path=path, environ={}, watch=watch)
-    await daemon.start()
-    try:
-        yield daemon
-    finally:
-        await daemon.stop()
-
-
-def targets_of(daemon: Daemon) -> dict[tuple[str, str], Target]:
-    """The daemon's current edges by (name, target_cluster)."""
-    return {(s.target.name, s.target.cluster): s.target for s in daemon.state.edges()}
-
-
-async def eventually(check: Callable[[], bool], *events: asyncio.Event, limit: float = 5.0) -> None:
-    """Wait until `check()` holds, re-checking whenever one of `events` fires (never polling)."""
-    async with asyncio.timeout(limit):
-        while True:
-            for event in events:
-                event.clear()
-            if check():
-                return
-            waiters = [asyncio.ensure_future(e.wait()) for e in events]
-            try:
-                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waiters:
-                    waiter.cancel()
-
-
-async def until_discovered(daemon: Daemon, check: Callable[[], bool], limit: float = 5.0) -> None:
-    assert daemon.discovery is not None
-    await eventually(check, daemon.discovery.activity, daemon.targets_changed, limit=limit)

@@ -13,14 +13,12 @@ from structlog.testing import capture_logs
 
 from meshprobe.discovery import services as ann
 from meshprobe.model import Scope
-from tests.integration.daemonkit import Rounds, samples, scrape_daemon
-from tests.integration.kubefake import (
-    FakeKube,
+from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon
+from tests.integration.kubefake import FakeKube, free_port, service
+from tests.integration.kubekit import (
     daemon_config,
     eventually,
-    free_port,
     kube_daemon,
-    service,
     targets_of,
     until_discovered,
 )
@@ -54,7 +52,8 @@ async def test_annotated_service_appears_changes_and_disappears(tmp_path: Path) 
             appeared = time.perf_counter() - created
             assert appeared < 2.0, f"target appeared after {appeared:.3f}s"
             target = targets_of(daemon)[("production/api", "cluster1")]
-            assert target.url == "http://api.production.svc.cluster.local:8080/healthz"
+            # Probed by cluster IP in these tests (no DNS); unit tests cover the DNS names.
+            assert target.url == "http://127.0.0.1:8080/healthz"
             assert (target.scope, target.interval, target.discovery) == (
                 Scope.LOCAL,
                 1.0,
@@ -83,7 +82,7 @@ async def test_annotated_service_appears_changes_and_disappears(tmp_path: Path) 
             )
             target = targets_of(daemon)[("production/api", "cluster1")]
             assert (target.url, target.budget) == (
-                "tcp://api.production.svc.cluster.local:9090",
+                "tcp://127.0.0.1:9090",
                 0.02,
             )
             text = await scrape_daemon(daemon)
@@ -104,10 +103,22 @@ async def test_annotated_service_appears_changes_and_disappears(tmp_path: Path) 
 async def test_linkerd_mirror_is_a_remote_target_and_meshprobe_mirror_a_peer(
     tmp_path: Path,
 ) -> None:
+    """Mirrors of cluster2's Services lead (by cluster IP, loopback here) to a real cluster2
+    responder: the application mirror is a remote edge answered by cluster2, the meshprobe
+    mirror a peer whose identity is fetched and whose echo is probed."""
     mirror = {ann.MIRRORED: "true", ann.MIRROR_CLUSTER: "cluster2"}
-    async with FakeKube() as fake:
+    async with responder("cluster2") as port, FakeKube() as fake:
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
-        fake.put("services", service("production", "api-cluster2", labels=mirror))
+        fake.put(
+            "services",
+            service(
+                "production",
+                "api-cluster2",
+                labels=mirror,
+                annotations={ann.PATH: "/v1/echo"},
+                ports=[("http", port)],
+            ),
+        )
         fake.put(
             "services",
             service(
@@ -120,23 +131,27 @@ async def test_linkerd_mirror_is_a_remote_target_and_meshprobe_mirror_a_peer(
                 "meshprobe",
                 "meshprobe-cluster2",
                 labels={**mirror, ann.APP_NAME: "meshprobe"},
-                ports=[("http", 9942)],
+                ports=[("http", port)],
             ),
         )
         async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+            rounds = Rounds(daemon)
             await until_discovered(daemon, lambda: len(targets_of(daemon)) == 2)
             found = targets_of(daemon)
             assert set(found) == {("production/api", "cluster2"), ("meshprobe/echo", "cluster2")}
             api = found[("production/api", "cluster2")]
-            assert api.url == "http://api-cluster2.production.svc.cluster.local:80/"
+            assert api.url == f"http://127.0.0.1:{port}/v1/echo"
             assert (api.scope, api.budget, api.discovery) == (Scope.REMOTE, 0.15, "linkerd")
             echo = found[("meshprobe/echo", "cluster2")]
-            assert echo.url == "http://meshprobe-cluster2.meshprobe.svc.cluster.local:9942/v1/echo"
+            assert echo.url == f"http://127.0.0.1:{port}/v1/echo"
             assert daemon.peers is not None
             peers = daemon.peers
             await eventually(lambda: "cluster2" in peers.status, peers.changed)
+            await rounds.wait(["production/api", "meshprobe/echo"])
+            assert rounds.last["production/api"].served_by == "cluster2"
+            assert rounds.last["meshprobe/echo"].success
             text = await scrape_daemon(daemon)
-            assert _metric(text, "meshprobe_peer_up", peer_cluster="cluster2") == [0.0]
+            assert _metric(text, "meshprobe_peer_up", peer_cluster="cluster2") == [1.0]
             assert _metric(text, "meshprobe_targets", discovery="linkerd") == [1.0]
             assert _metric(text, "meshprobe_targets", discovery="peer") == [1.0]
 
@@ -229,11 +244,20 @@ async def test_api_server_down_at_start_then_ready(tmp_path: Path) -> None:
 
 
 async def test_malformed_annotation_skips_only_that_service(tmp_path: Path) -> None:
-    async with FakeKube() as fake:
+    """The good Services lead to a real responder and keep being probed successfully while
+    their neighbours' annotations are broken."""
+    async with responder("cluster1") as port, FakeKube() as fake:
         kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
-        fake.put("services", service("apps", "good1", annotations=PROBED))
-        fake.put("services", service("apps", "bad-port", annotations={**PROBED, ann.PORT: "nope"}))
-        fake.put("services", service("apps", "good2", annotations=PROBED))
+        good = {**PROBED, ann.PATH: "/v1/echo"}
+
+        def svc(name: str, **annotations: str) -> dict[str, object]:
+            return service(
+                "apps", name, annotations={**good, **annotations}, ports=[("http", port)]
+            )
+
+        fake.put("services", svc("good1"))
+        fake.put("services", svc("bad-port", **{ann.PORT: "nope"}))
+        fake.put("services", svc("good2"))
         with capture_logs() as logs:
             async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
                 rounds = Rounds(daemon)
@@ -242,22 +266,22 @@ async def test_malformed_annotation_skips_only_that_service(tmp_path: Path) -> N
                     ("apps/good1", "cluster1"),
                     ("apps/good2", "cluster1"),
                 }
-                bad = service("apps", "bad-interval", annotations={**PROBED, ann.INTERVAL: "soon"})
-                fake.put("services", bad)
-                fake.put("services", service("apps", "good3", annotations=PROBED))
+                fake.put("services", svc("bad-interval", **{ann.INTERVAL: "soon"}))
+                fake.put("services", svc("good3"))
                 await until_discovered(daemon, lambda: len(targets_of(daemon)) == 3)
-                await rounds.wait(["apps/good1", "apps/good2", "apps/good3"], at_least=2)
+                names = ["apps/good1", "apps/good2", "apps/good3"]
+                await rounds.wait(names, at_least=2)
+                assert all(rounds.last[n].success for n in names)
                 text = await scrape_daemon(daemon)
                 errors = _metric(text, "meshprobe_discovery_errors_total", discovery="kubernetes")
                 assert errors == [2.0]
                 assert _metric(text, "meshprobe_discovery_up", discovery="kubernetes") == [1.0]
 
                 # Fixed: the Service becomes a target, the error count stays where it was.
-                fake.put(
-                    "services",
-                    service("apps", "bad-port", annotations={**PROBED, ann.PORT: "http"}),
-                )
+                fake.put("services", svc("bad-port", **{ann.PORT: "http"}))
                 await until_discovered(daemon, lambda: len(targets_of(daemon)) == 4)
+                await rounds.wait(["apps/bad-port"])
+                assert rounds.last["apps/bad-port"].success
                 text = await scrape_daemon(daemon)
                 errors = _metric(text, "meshprobe_discovery_errors_total", discovery="kubernetes")
                 assert errors == [2.0]
@@ -297,3 +321,25 @@ async def test_reload_applies_defaults_to_discovered_targets_keeps_discovery(
             fake.put("services", service("default", "y", annotations=PROBED))
             await until_discovered(daemon, lambda: len(targets_of(daemon)) == 2)
             assert {t.interval for t in targets_of(daemon).values()} == {0.4}
+
+
+async def test_gone_as_http_status_on_reconnect_relists(tmp_path: Path) -> None:
+    """Some servers answer an expired resume with HTTP 410 rather than an ERROR event."""
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        fake.put("services", service("default", "a", annotations=PROBED))
+        async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+            assert daemon.discovery is not None
+            await until_discovered(daemon, lambda: len(targets_of(daemon)) == 1)
+            await fake.wait_for(lambda: fake.active_watches == 1)
+            (loop,) = daemon.discovery.loops
+            fake.gone_as_status = True
+            fake.failing = 503
+            fake.drop_watches()
+            await until_discovered(daemon, lambda: loop.stats.failures >= 2)
+            fake.delete("services", "default", "a")
+            fake.compact()
+            fake.put("services", service("default", "b", annotations=PROBED))
+            fake.failing = None  # the resume from our version now gets HTTP 410
+            await until_discovered(daemon, lambda: loop.stats.gone == 1 and loop.stats.lists == 2)
+            assert set(targets_of(daemon)) == {("default/b", "cluster1")}

@@ -3,8 +3,11 @@ namespaces and selectors, resync, and the RBAC rules against the calls the code 
 
 from __future__ import annotations
 
+import asyncio
+import shutil
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import hashes
 
 from meshprobe import pki
@@ -16,13 +19,11 @@ from meshprobe.discovery.watch import Backoff, WatchLoop, WatchSettings
 from meshprobe.pki import Issued
 from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon
 from tests.integration.faults import TestPki
-from tests.integration.kubefake import (
-    FakeKube,
-    configmap,
+from tests.integration.kubefake import FakeKube, configmap, service
+from tests.integration.kubekit import (
     daemon_config,
     eventually,
     kube_daemon,
-    service,
     targets_of,
     until_discovered,
 )
@@ -40,6 +41,23 @@ def pem(*roots: Issued) -> str:
 
 def roots_exported(text: str) -> set[str]:
     return {lbl["fingerprint_sha256"] for lbl, _ in samples(text, "meshprobe_trust_root_info")}
+
+
+async def promtool_findings(text: str) -> str:
+    """What `promtool check metrics` says about an exposition (scripts/test.sh installs it)."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool not installed")
+    proc = await asyncio.create_subprocess_exec(
+        promtool,
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    out, _ = await proc.communicate(text.encode())
+    return out.decode().strip()
 
 
 def bundle_is(daemon: Daemon, *roots: Issued) -> bool:
@@ -159,6 +177,7 @@ async def test_rbac_rules_are_exactly_the_calls_made(tmp_path: Path) -> None:
             text = await scrape_daemon(daemon)
             up = {lbl["discovery"]: v for lbl, v in samples(text, "meshprobe_discovery_up")}
             assert up == {"kubernetes": 1.0, "linkerd": 1.0, "trust-configmap": 1.0}
+            assert await promtool_findings(text) == ""
         allowed = {(verb, rule.resource) for rule in rbac.RULES for verb in rule.verbs}
         assert fake.verbs() == allowed
         names = {rule.resource: rule.resource_names for rule in rbac.RULES}
@@ -195,7 +214,7 @@ async def test_in_cluster_service_account_over_https(tmp_path: Path, test_pki: T
                 settings=WatchSettings(backoff=Backoff(initial=0.05, cap=0.2)),
                 on_health=lambda up, error: None,
             )
-            task = __import__("asyncio").create_task(loop.run())
+            task = asyncio.create_task(loop.run())
             try:
                 await eventually(loop.synced.is_set, loop.activity)
             finally:

@@ -187,3 +187,20 @@ def test_cluster_domain() -> None:
     found = classify(svc(annotations=probed()), replace(DEFAULTS, cluster_domain="corp.example"))
     assert found is not None and found.target is not None
     assert found.target.host == "api.prod.svc.corp.example"
+
+
+def test_cluster_ip_address_mode() -> None:
+    by_ip = replace(DEFAULTS, address="cluster-ip")
+    obj = svc(annotations=probed())
+    obj["spec"]["clusterIP"] = "10.96.3.4"
+    found = classify(obj, by_ip)
+    assert found is not None and found.target is not None
+    assert (found.target.host, found.target.url) == ("10.96.3.4", "http://10.96.3.4:80/")
+    obj["spec"]["clusterIP"] = "fd00::10"
+    found = classify(obj, by_ip)
+    assert found is not None and found.target is not None
+    assert found.target.url == "http://[fd00::10]:80/"
+    obj["spec"]["clusterIP"] = "None"  # headless
+    with pytest.raises(AnnotationError) as err:
+        classify(obj, by_ip)
+    assert err.value.annotation == "spec.clusterIP"

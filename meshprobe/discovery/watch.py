@@ -48,16 +48,19 @@ class WatchHandler(Protocol):
         """One ADDED, MODIFIED or DELETED event."""
 
 
-class Gone(Exception):
-    """Our resourceVersion is older than the server keeps: list again."""
-
-
 class ApiError(Exception):
     """The API server answered with an error status (403, 500, …)."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(f"HTTP {status}: {message}")
         self.status = status
+
+
+class Gone(ApiError):
+    """Our resourceVersion is older than the server keeps: list again (routine for a watch)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(410, message)
 
 
 # Everything a flaky network or API server can throw at us; anything else is a bug and is
@@ -204,6 +207,8 @@ class WatchLoop:
                 sock_connect=timeout, sock_read=timeout_seconds + timeout
             ),
         )
+        began = asyncio.get_running_loop().time()
+        events = self.stats.events + self.stats.bookmarks
         try:
             await _check_status(resp)
             self.stats.watches += 1
@@ -213,6 +218,11 @@ class WatchLoop:
                     self._event(line)
         finally:
             resp.close()  # a watch connection is never reused
+        # A server ends a watch at its timeout; one that ends at once with nothing in it (a proxy
+        # answering 200 and closing) must back off like a failure, not spin.
+        early = asyncio.get_running_loop().time() - began < min(1.0, timeout_seconds / 2)
+        if early and events == self.stats.events + self.stats.bookmarks:
+            raise ApiError(200, "watch ended at once without events")
 
     def _event(self, line: bytes) -> None:
         event = json.loads(line)

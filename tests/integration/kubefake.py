@@ -33,6 +33,7 @@ Obj = dict[str, Any]
 RESOURCES = {"services": "Service", "configmaps": "ConfigMap"}
 TOKEN = "meshprobe-test-token"
 _DROP = object()
+_END = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +145,7 @@ class FakeKube:
         self.requests: list[Recorded] = []
         self.failing: int | None = None  # answer every request with this HTTP status
         self.gone_as_status = False  # expired versions get HTTP 410, not an ERROR event in a 200
+        self.hollow = False  # watches answer 200 and end at once, like a misbehaving proxy
         self.watches_opened = 0
 
     # -- server lifecycle ----------------------------------------------------------------------
@@ -232,6 +234,11 @@ class FakeKube:
         """Cut every open watch connection mid-stream (no terminating chunk)."""
         for watcher in self._watchers:
             watcher.queue.put_nowait(_DROP)
+
+    def end_watches(self) -> None:
+        """End every open watch cleanly, as at its timeout; `hollow` makes new ones end at once."""
+        for watcher in self._watchers:
+            watcher.queue.put_nowait(_END)
 
     def bookmark(self) -> None:
         for watcher in self._watchers:
@@ -333,6 +340,8 @@ class FakeKube:
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         resp.enable_chunked_encoding()
         await resp.prepare(request)
+        if self.hollow:
+            watcher.queue.put_nowait(_END)
         self._watchers.add(watcher)
         self.watches_opened += 1
         self._notify()
@@ -344,6 +353,8 @@ class FakeKube:
                     async with asyncio.timeout(remaining):
                         item = await watcher.queue.get()
                 except TimeoutError:
+                    break
+                if item is _END:
                     break
                 if item is _DROP:
                     if request.transport is not None:

@@ -343,3 +343,24 @@ async def test_gone_as_http_status_on_reconnect_relists(tmp_path: Path) -> None:
             fake.failing = None  # the resume from our version now gets HTTP 410
             await until_discovered(daemon, lambda: loop.stats.gone == 1 and loop.stats.lists == 2)
             assert set(targets_of(daemon)) == {("default/b", "cluster1")}
+
+
+async def test_watch_ending_at_once_backs_off_instead_of_spinning(tmp_path: Path) -> None:
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        fake.put("services", service("default", "a", annotations=PROBED))
+        async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+            assert daemon.discovery is not None
+            await until_discovered(daemon, daemon.is_ready)
+            await fake.wait_for(lambda: fake.active_watches == 1)
+            (loop,) = daemon.discovery.loops
+            fake.hollow = True
+            fake.end_watches()  # a normal end: no failure, the watch resumes at once
+            await until_discovered(daemon, lambda: loop.stats.failures >= 3)
+            # Backoff (50 ms doubling) spaces the empty watches: a spinning loop would have made
+            # hundreds of requests by now.
+            assert fake.watches_opened <= loop.stats.failures + 2
+            fake.hollow = False
+            fake.put("services", service("default", "b", annotations=PROBED))
+            await until_discovered(daemon, lambda: len(targets_of(daemon)) == 2)
+            assert loop.stats.lists == 1

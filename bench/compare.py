@@ -123,9 +123,12 @@ class World:
     def url(self, proto: str) -> str:
         return f"{proto}://{HOST}:{self.ports[proto]}/"
 
-    def close(self) -> None:
+    def close(self) -> dict[str, Any]:
+        """Stop the target; returns its own account of how late it answered."""
         self.server.send_signal(signal.SIGTERM)
-        self.server.wait(timeout=10)
+        out, _ = self.server.communicate(timeout=10)
+        lines = [line for line in out.splitlines() if line.startswith("{")]
+        return json.loads(lines[-1]) if lines else {}
 
 
 def meshprobe_config(world: World, proto: str, n: int, interval: str, port: int) -> dict[str, Any]:
@@ -439,6 +442,15 @@ def churn_run(world: World, seconds: float, every: float = 10.0) -> dict[str, An
     }
 
 
+def run_loop(main: Any) -> Any:
+    """The loop `meshprobe run` would use: uvloop when installed."""
+    try:
+        import uvloop  # noqa: PLC0415
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def table(cases: list[Case]) -> str:
     rows = [
         "| proto | R/s | prober | probes | CPU s/1000 | ratio mp/bb | err median ms | err p99 ms |",
@@ -495,7 +507,7 @@ def main() -> int:
                 for proto, rate in plan:
                     for _ in range(rounds):
                         mp = run_meshprobe_cost(world, proto, rate, window, warmup)
-                        errors = asyncio.run(meshprobe_timing(world, proto, rate, window))
+                        errors = run_loop(meshprobe_timing(world, proto, rate, window))
                         if errors:
                             mp.err_median_ms = 1000 * statistics.median(errors)
                             mp.err_p99_ms = 1000 * quantile(errors, 0.99)
@@ -512,12 +524,12 @@ def main() -> int:
                     world, 3.0 if args.quick else 300.0, every=1.0 if args.quick else 10.0
                 )
         finally:
-            world.close()
+            results["target_server"] = world.close()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(results, indent=2))
     if "table" in results:
         print(results["table"])
-    for key in ("scale", "churn"):
+    for key in ("target_server", "scale", "churn"):
         if key in results:
             print(f"\n{key}: {json.dumps(results[key])}")
     return 0

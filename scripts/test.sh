@@ -19,7 +19,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --disable-pip-version-check -e '.[test,fast]'
 
-.venv/bin/ruff check meshprobe tests bench
-.venv/bin/ruff format --check meshprobe tests bench
+.venv/bin/ruff check meshprobe tests bench scripts
+.venv/bin/ruff format --check meshprobe tests bench scripts
 .venv/bin/mypy
 exec .venv/bin/pytest -q "$@"

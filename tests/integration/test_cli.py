@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import ssl
@@ -203,3 +204,22 @@ def test_demo_runs_two_clusters_and_shows_trust(mismatch: bool) -> None:
         else:
             assert cols[6] == "100%", cols
             assert trust == ("ok" if tls else "-"), cols
+
+
+@pytest.mark.skipif(shutil.which("prometheus") is None, reason="needs Debian's prometheus")
+def test_demo_with_prometheus_prints_the_stack_urls() -> None:
+    out = run(
+        "demo",
+        "--duration",
+        "2",
+        "--interval",
+        "250ms",
+        "--listen",
+        "127.0.1.1:0",
+        "--with-prometheus",
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "prometheus: http://127.0.0.1:" in out.stdout
+    assert "alertmanager: http://127.0.0.1:" in out.stdout
+    assert "shortened 60x" in out.stdout

@@ -9,9 +9,6 @@ if ! command -v prometheus-blackbox-exporter >/dev/null; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends prometheus-blackbox-exporter >/dev/null
 fi
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,fast]'
+. scripts/venv.sh
+ensure_venv test,fast
 exec .venv/bin/python bench/compare.py "$@"

@@ -13,11 +13,8 @@ if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/de
         prometheus prometheus-alertmanager prometheus-blackbox-exporter >/dev/null
 fi
 
-PY=${PYTHON:-python3}
-if [ ! -x .venv/bin/python ]; then
-    "$PY" -m venv .venv
-fi
-.venv/bin/pip install -q --disable-pip-version-check -e '.[test,fast]'
+. scripts/venv.sh
+ensure_venv test,fast
 
 .venv/bin/ruff check meshprobe tests bench scripts
 .venv/bin/ruff format --check meshprobe tests bench scripts

@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import os
 import re
+import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -54,6 +55,9 @@ class Attempt:
     status_code: int | None = None
     served_by: str | None = None
     body_bytes: int = 0
+    # True once every phase of a complete answer is known: the duration is then their sum.
+    measured_total: bool = False
+    sock: socket.socket | None = None  # the last socket aiohttp made for this attempt
     # Turn raw timestamps into `phases`; added by probes that measure through callbacks, run
     # before every result, including the one `run_probe` makes on timeout.
     settlers: list[Callable[[Attempt], None]] = field(default_factory=list)
@@ -62,9 +66,11 @@ class Attempt:
         """Success exactly when there is no reason: one place decides, so they cannot disagree."""
         for settle in self.settlers:
             settle(self)
+        wall = time.perf_counter() - self.started
+        duration = sum(self.phases.values()) if self.measured_total and self.phases else wall
         return ProbeResult(
             success=reason is None,
-            duration=time.perf_counter() - self.started,
+            duration=duration,
             reason=reason,
             detail=detail or ("ok" if reason is None else reason.value),
             phases=dict(self.phases),
@@ -76,6 +82,15 @@ class Attempt:
 
 
 _ATTEMPT: contextvars.ContextVar[Attempt] = contextvars.ContextVar("meshprobe_attempt")
+
+
+def _attempt_socket(addr_info: Any) -> socket.socket:
+    """aiohttp's socket factory: the socket is noted on the running attempt, so the probe can
+    read the kernel's TCP_INFO for it while the connection is open."""
+    family, kind, proto, _, _ = addr_info
+    sock = socket.socket(family=family, type=kind, proto=proto)
+    current_attempt().sock = sock
+    return sock
 
 
 def current_attempt() -> Attempt:
@@ -168,7 +183,9 @@ class ProbeEnv:
         env._trace = _trace_config()
         # force_close: every probe pays DNS (unless cached), connect and TLS, so they are measured
         # every time; limit=0 because the scheduler already bounds concurrency.
-        env._fresh = env._session(aiohttp.TCPConnector(force_close=True, limit=0))
+        env._fresh = env._session(
+            aiohttp.TCPConnector(force_close=True, limit=0, socket_factory=_attempt_socket)
+        )
         return env
 
     def _session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
@@ -197,7 +214,9 @@ class ProbeEnv:
                 raise RuntimeError("ProbeEnv used before create() or after aclose()")
             # Keep the idle connection across at least one interval, else nothing is reused.
             idle = max(15.0, target.interval + target.timeout + 5.0)
-            connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=idle)
+            connector = aiohttp.TCPConnector(
+                limit=1, keepalive_timeout=idle, socket_factory=_attempt_socket
+            )
             context = make_context()
             entry = KeepAlive(self._session(connector), context)
             self._keepalive[target] = entry

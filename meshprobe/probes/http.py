@@ -18,6 +18,7 @@ import aiohttp
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, current_attempt
 from meshprobe.probes.tcp import connect_reason
+from meshprobe.probes.tcpinfo import handshake_rtt
 from meshprobe.probes.tls import (
     handshake_failure,
     new_context,
@@ -47,6 +48,7 @@ class _Timeline:
     sent: float | None = None
     headers: float | None = None
     done: float | None = None
+    kernel_rtt: float | None = None  # the TCP handshake as the kernel measured it
 
     def trace(self, event: TraceEvent) -> None:
         now = time.perf_counter()
@@ -65,6 +67,8 @@ class _Timeline:
             self.reused = True
         elif event == "sent":
             self.sent = now
+            if not self.reused:  # the connection is open now; ask the kernel about its handshake
+                self.kernel_rtt = handshake_rtt(current_attempt().sock)
 
     def settle(self, attempt: Attempt) -> None:
         phases = attempt.phases
@@ -81,7 +85,9 @@ class _Timeline:
             elif self.dns_start is None and connected is not None:
                 phases[Phase.RESOLVE] = 0.0  # an IP literal or a cached name
             start = self.dns_end if self.dns_end is not None else self.conn_start
-            if start is not None and connected is not None:
+            if self.kernel_rtt is not None:
+                phases[Phase.CONNECT] = self.kernel_rtt
+            elif start is not None and connected is not None:
                 phases[Phase.CONNECT] = connected - start
             if recorder is not None and recorder.duration is not None:
                 phases[Phase.TLS] = recorder.duration
@@ -198,4 +204,6 @@ async def probe_http(target: Target, env: ProbeEnv) -> ProbeResult:
         return attempt.result(*_classify(exc, timeline.recorder))
     if failure is not None:
         return attempt.result(*failure)
+    # A complete answer: the probe took what its phases took, not what Python spent between them.
+    attempt.measured_total = True
     return attempt.result()

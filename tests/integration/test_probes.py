@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from meshprobe import pki, probes
 from meshprobe.model import CertRole, Phase, ProbeKind, ProbeResult, Reason, Target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.probes.tcp import connect_reason
+from meshprobe.probes.tcpinfo import handshake_rtt
 from tests.integration import faults
 from tests.integration.faults import (
     OTHER_SPIFFE_ID,
@@ -386,3 +388,22 @@ async def test_reused_context_never_reports_a_stale_chain(
     assert first.success and first.tls is not None
     assert_failed(second, Reason.CONNECT_REFUSED)
     assert second.tls is None
+
+
+async def test_complete_http_answer_reports_the_sum_of_its_phases(env: ProbeEnv) -> None:
+    async with FaultServer(faults.echo("cluster2")) as srv:
+        result = await run_probe(make_target(srv.url()), env)
+    assert result.success
+    assert result.duration == sum(result.phases.values())
+    assert result.phases[Phase.CONNECT] > 0
+
+
+async def test_kernel_handshake_rtt_of_a_connected_socket() -> None:
+    async with FaultServer(faults.hang) as srv:
+        sock = socket.create_connection((srv.host, srv.port))
+        try:
+            rtt = handshake_rtt(sock)
+        finally:
+            sock.close()
+    assert rtt is not None and rtt > 0
+    assert handshake_rtt(None) is None

@@ -13,25 +13,12 @@ from meshprobe.model import (
     Phase,
     ProbeResult,
     Reason,
-    Scope,
-    Target,
     TLSReport,
 )
 from meshprobe.state import ProbeState
+from tests.unit.test_state import target
 
-BASE = Target(
-    name='ns/svc "quoted"\\back',
-    url="https://127.0.0.1:1/",
-    scheme="https",
-    host="127.0.0.1",
-    port=1,
-    path="/",
-    cluster="c2",
-    scope=Scope.REMOTE,
-    interval=1.0,
-    timeout=0.5,
-    budget=0.1,
-)
+BASE = target('ns/svc "quoted"\\back', scheme="https", url="https://127.0.0.1:1/")
 CERT = CertSummary("CN=l", "CN=i", 0.0, 2e9, "ab" * 32, CertRole.LEAF)
 ROOT = CertSummary("CN=r", "CN=r", 0.0, 3e9, "cd" * 32, CertRole.ROOT, from_bundle=True)
 TLS = TLSReport(True, None, "verified", (CERT,), ROOT, "spiffe://td/ns/a/sa/b")

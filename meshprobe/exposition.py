@@ -63,10 +63,8 @@ def _labels(source: str, stats: EdgeStats) -> str:
     cached = stats.label_cache
     if cached is not None and cached[0] is t:
         return cached[1]
-    text = (
-        f'source_cluster="{escape(source)}",target_cluster="{escape(t.cluster)}",'
-        f'target="{escape(t.name)}",scope="{t.scope.value}",probe="{t.kind.value}"'
-    )
+    values = (source, t.cluster, t.name, t.scope.value, t.kind.value)
+    text = ",".join(f'{k}="{escape(v)}"' for k, v in zip(m.EDGE_LABELS, values, strict=True))
     stats.label_cache = (t, text)
     return text
 

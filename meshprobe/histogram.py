@@ -34,21 +34,6 @@ class Histogram:
         out.append(("+Inf", running + self.counts[-1]))
         return out
 
-    def quantile(self, q: float) -> float | None:
-        """Linear interpolation inside the bucket, as PromQL's histogram_quantile does."""
-        total = self.count
-        if total == 0:
-            return None
-        rank = q * total
-        running = 0
-        lower = 0.0
-        for bound, n in zip(self.bounds, self.counts, strict=False):
-            if n and running + n >= rank:
-                return lower + (bound - lower) * ((rank - running) / n)
-            running += n
-            lower = bound
-        return self.bounds[-1] if self.bounds else None
-
 
 def _fmt(bound: float) -> str:
     return repr(float(bound))

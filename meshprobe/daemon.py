@@ -7,7 +7,6 @@ same class, so there is one start-up and one shutdown path to get right.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.scheduler import Scheduler
 from meshprobe.server import build_app, start_site
 from meshprobe.state import ProbeState, Transition
+from meshprobe.tasks import cancel_and_wait
 from meshprobe.tlscheck import TrustAnchors
 
 if TYPE_CHECKING:
@@ -148,11 +148,7 @@ class Daemon:
             await self._scheduler.aclose()
         if self.peers is not None:
             await self.peers.aclose()
-        for task in (self._lag_task, self._bundle_task):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await cancel_and_wait(t for t in (self._lag_task, self._bundle_task) if t is not None)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._env is not None:

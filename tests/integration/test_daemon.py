@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import socket
@@ -48,8 +49,12 @@ def base_config(local_port: int, remote_port: int, dead_port: int) -> dict[str, 
     }
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Rounds, Path, dict[str, Any]]]:
+Stack = tuple[Daemon, Rounds, Path, dict[str, Any]]
+
+
+@contextlib.asynccontextmanager
+async def running(tmp_path: Path) -> AsyncIterator[Stack]:
+    """Responders for cluster1 and cluster2 and a started daemon probing them plus a dead port."""
     async with (
         responder("cluster1", "127.0.1.1") as local_port,
         responder("cluster2", "127.0.2.1") as remote_port,
@@ -65,8 +70,14 @@ async def stack(tmp_path: Path) -> AsyncIterator[tuple[Daemon, Rounds, Path, dic
             await daemon.stop()
 
 
+@pytest.fixture
+async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+    async with running(tmp_path) as started:
+        yield started
+
+
 async def test_metrics_follow_the_contract_and_pass_promtool(
-    stack: tuple[Daemon, Rounds, Path, dict[str, Any]],
+    stack: Stack,
 ) -> None:
     daemon, rounds, _, _ = stack
     await rounds.wait(["app/local", "app/remote", "app/dead"], at_least=2)
@@ -134,7 +145,7 @@ async def test_metrics_follow_the_contract_and_pass_promtool(
 
 
 async def test_reload_removes_a_target_and_its_series_vanish(
-    stack: tuple[Daemon, Rounds, Path, dict[str, Any]],
+    stack: Stack,
 ) -> None:
     daemon, rounds, path, config = stack
     await rounds.wait(["app/local", "app/remote", "app/dead"])
@@ -155,7 +166,7 @@ async def test_reload_removes_a_target_and_its_series_vanish(
 
 
 async def test_bad_reload_keeps_the_running_config(
-    stack: tuple[Daemon, Rounds, Path, dict[str, Any]],
+    stack: Stack,
 ) -> None:
     daemon, rounds, path, _ = stack
     await rounds.wait(["app/local"])
@@ -211,20 +222,10 @@ async def test_endpoints_answer(tmp_path: Path) -> None:
 
 
 async def test_one_log_line_per_failure_state_change(tmp_path: Path) -> None:
-    async with (
-        responder("cluster1", "127.0.1.1") as local_port,
-        responder("cluster2", "127.0.2.1") as remote_port,
-    ):
-        config = base_config(local_port, remote_port, refused_port())
-        path = write_config(tmp_path / "c.yaml", config)
-        daemon = Daemon(load_settings(path, environ={}), config_path=path, environ={})
-        rounds = Rounds(daemon)
-        with capture_logs() as logs:
-            await daemon.start()
-            try:
-                await rounds.wait(["app/dead", "app/local"], at_least=4)
-            finally:
-                await daemon.stop()
+    # Logs are captured from before the start: the first failure may come in the first round.
+    with capture_logs() as logs:
+        async with running(tmp_path) as (_, rounds, _, _):
+            await rounds.wait(["app/dead", "app/local"], at_least=4)
     failing = [e for e in logs if e["event"] == "probe failing"]
     assert [(e["target"], e["reason"]) for e in failing] == [("app/dead", "connect_refused")]
     assert failing[0]["log_level"] == "warning"

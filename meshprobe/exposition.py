@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from meshprobe import metricnames as m
 from meshprobe.model import KIND_PHASES
+from meshprobe.probes.tcpinfo import SUPPORTED as TCP_INFO_SUPPORTED
 from meshprobe.state import EdgeStats, ProbeState
 
 SLICE = 500  # edges rendered between two yields to the event loop
@@ -42,13 +43,33 @@ class Family:
 
 FAMILIES: Sequence[Family] = (
     Family(m.PROBE_SUCCESS, "gauge", "Whether the last probe of the edge succeeded."),
-    Family(m.PROBE_DURATION, "histogram", "Duration of whole probes, failed ones included."),
+    Family(
+        m.PROBE_DURATION,
+        "histogram",
+        "Wall-clock duration of successful probes, from start to complete answer.",
+    ),
     Family(m.PROBE_PHASE_DURATION, "gauge", "Duration of each phase of the last probe."),
     Family(m.PROBES, "counter", "Probes run."),
     Family(m.PROBE_FAILURES, "counter", "Failed probes by reason."),
     Family(m.LATENCY_BUDGET, "gauge", "Latency budget of the edge."),
-    Family(m.PROBE_OVER_BUDGET, "counter", "Probes slower than the edge's latency budget."),
+    Family(
+        m.PROBE_OVER_BUDGET,
+        "counter",
+        "Successful probes slower than the edge's latency budget.",
+    ),
     Family(m.SERVED, "counter", "Answers by the cluster named in X-Meshprobe-Cluster."),
+    *(
+        (
+            Family(m.TCP_RTT, "gauge", "Kernel smoothed RTT of the last fresh connection."),
+            Family(
+                m.TCP_RETRANSMITS,
+                "counter",
+                "TCP segments retransmitted on fresh probe connections, SYNs included.",
+            ),
+        )
+        if TCP_INFO_SUPPORTED
+        else ()
+    ),
     Family(m.TLS_VERIFIED, "gauge", "Whether the last presented chain verified."),
     Family(m.TLS_CERT_EXPIRY, "gauge", "Earliest NotAfter per certificate role in the last chain."),
     Family(m.TLS_PEER_INFO, "gauge", "Identity and anchoring root of the last presented chain."),
@@ -107,6 +128,13 @@ def _render(family: Family, source: str, edges: Sequence[EdgeStats]) -> str:
     elif name == m.PROBE_OVER_BUDGET:
         for s in edges:
             add(f"{name}_total{{{_labels(source, s)}}} {s.over_budget_total}.0\n")
+    elif name == m.TCP_RTT:
+        for s in edges:
+            if s.tcp_rtt is not None:
+                add(f"{name}{{{_labels(source, s)}}} {fmt(s.tcp_rtt)}\n")
+    elif name == m.TCP_RETRANSMITS:
+        for s in edges:
+            add(f"{name}_total{{{_labels(source, s)}}} {s.tcp_retransmits_total}.0\n")
     elif name == m.SERVED:
         for s in edges:
             lbl = _labels(source, s)

@@ -192,11 +192,29 @@ class TLSReport:
 
 
 @dataclass(frozen=True, slots=True)
+class TCPStats:
+    """The kernel's view of the probe's fresh connections (Linux TCP_INFO): a diagnostic that is
+    exported beside the duration and never replaces any part of it."""
+
+    rtt: float | None  # seconds: the smoothed RTT of the last fresh connection, None without one
+    retransmits: int  # retransmitted segments (SYNs included), summed over the fresh connections
+
+    def plus(self, other: TCPStats) -> TCPStats:
+        """Two connections of one probe (a followed redirect): the later RTT, the summed count."""
+        return TCPStats(
+            other.rtt if other.rtt is not None else self.rtt,
+            self.retransmits + other.retransmits,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeResult:
     """The outcome of one probe run; the only thing a probe hands back."""
 
     success: bool
-    duration: float  # seconds, the whole probe
+    # Seconds of wall clock from the start of the probe to its complete answer or its failure:
+    # what a client lived through, DNS, connect retries, TLS and every redirect hop included.
+    duration: float
     reason: Reason | None = None
     detail: str = ""  # human text for logs and `meshprobe probe`, never a label
     phases: Mapping[Phase, float] = field(default_factory=dict)
@@ -204,3 +222,4 @@ class ProbeResult:
     served_by: str | None = None  # X-Meshprobe-Cluster of the answer
     tls: TLSReport | None = None
     body_bytes: int = 0
+    tcp: TCPStats | None = None  # None when no fresh connection was read (or not on Linux)

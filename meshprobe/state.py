@@ -21,6 +21,8 @@ class EdgeStats:
     histogram: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
     probes_total: int = 0
     over_budget_total: int = 0
+    tcp_retransmits_total: int = 0
+    tcp_rtt: float | None = None  # the kernel's smoothed RTT of the last fresh connection
     failures: dict[Reason, int] = field(default_factory=dict)
     served: dict[str, int] = field(default_factory=dict)
     last: ProbeResult | None = None
@@ -68,9 +70,17 @@ class ProbeState:
             return None
         previous = stats.last
         stats.probes_total += 1
-        stats.histogram.observe(result.duration)
-        if result.duration > stats.target.budget:
-            stats.over_budget_total += 1
+        # The latency SLI is about complete answers: an instant refusal must not pull the
+        # quantiles down, nor a timeout push them up. Failures are counted by reason instead, and
+        # the SLO's bad events are failures plus answers over budget (disjoint by construction).
+        if result.success:
+            stats.histogram.observe(result.duration)
+            if result.duration > stats.target.budget:
+                stats.over_budget_total += 1
+        if result.tcp is not None:
+            stats.tcp_retransmits_total += result.tcp.retransmits
+            if result.tcp.rtt is not None:
+                stats.tcp_rtt = result.tcp.rtt
         if result.reason is not None:
             stats.failures[result.reason] = stats.failures.get(result.reason, 0) + 1
         if result.served_by:

@@ -111,7 +111,6 @@ class _RecordingSSLObject(ssl.SSLObject):
             self._mp_started = time.perf_counter()
             recorder.started = self._mp_started
         super().do_handshake()
-        recorder.finished = time.perf_counter()
         try:
             cipher = self.cipher()
             assess = recorder.verdicts.assess if recorder.verdicts is not None else assess_chain
@@ -125,8 +124,12 @@ class _RecordingSSLObject(ssl.SSLObject):
                 cipher=cipher[0] if cipher else None,
             )
         except Exception as exc:
+            recorder.finished = time.perf_counter()
             recorder.fault = exc
             raise RecorderFault(f"meshprobe: chain assessment failed: {exc!r}") from exc
+        # The handshake ends when a client would go on: after the chain was judged, as Go's
+        # (blackbox_exporter's) handshake includes verification.
+        recorder.finished = time.perf_counter()
         recorder.report = report
         if not report.verified and recorder.enforce:
             recorder.rejected = True

@@ -29,7 +29,7 @@ RECORDING_RULES: frozenset[str] = frozenset(
         "edge:meshprobe_probe_duration_seconds:p90_rate5m",
         "edge:meshprobe_probe_duration_seconds:p99_rate5m",
         *(f"edge:meshprobe_probe_success:ratio_rate{w}" for w in ("5m", "30m", "1h", "6h")),
-        *(f"edge:meshprobe_probe_over_budget:ratio_rate{w}" for w in ("5m", "30m", "1h", "6h")),
+        *(f"edge:meshprobe_probe_slo_errors:ratio_rate{w}" for w in ("5m", "30m", "1h", "6h")),
         "cluster_pair:meshprobe_probe_duration_seconds:p99_rate5m",
         "cluster_pair:meshprobe_probe_success:ratio_rate5m",
     }

@@ -22,7 +22,8 @@ from typing import Any, Literal, Protocol
 import aiohttp
 
 import meshprobe
-from meshprobe.model import Phase, ProbeResult, Reason, Target, TLSReport
+from meshprobe.model import Phase, ProbeResult, Reason, Target, TCPStats, TLSReport
+from meshprobe.probes.tcpinfo import read_tcp_info
 from meshprobe.tlscheck import TrustAnchors
 from meshprobe.tlsrecord import RecordingContext
 from meshprobe.verdictcache import VerdictCache
@@ -55,9 +56,10 @@ class Attempt:
     status_code: int | None = None
     served_by: str | None = None
     body_bytes: int = 0
-    # True once every phase of a complete answer is known: the duration is then their sum.
-    measured_total: bool = False
-    sock: socket.socket | None = None  # the last socket aiohttp made for this attempt
+    tcp: TCPStats | None = None  # the kernel's view of the fresh connections read so far
+    # Every socket aiohttp made for this attempt, in order: happy eyeballs may make several per
+    # connection, and only the winner is still open once the request has been sent.
+    sockets: list[socket.socket] = field(default_factory=list)
     # Turn raw timestamps into `phases`; added by probes that measure through callbacks, run
     # before every result, including the one `run_probe` makes on timeout.
     settlers: list[Callable[[Attempt], None]] = field(default_factory=list)
@@ -66,8 +68,8 @@ class Attempt:
         """Success exactly when there is no reason: one place decides, so they cannot disagree."""
         for settle in self.settlers:
             settle(self)
-        wall = time.perf_counter() - self.started
-        duration = sum(self.phases.values()) if self.measured_total and self.phases else wall
+        # The wall clock, always: phases explain a duration, they never replace it.
+        duration = time.perf_counter() - self.started
         return ProbeResult(
             success=reason is None,
             duration=duration,
@@ -78,7 +80,14 @@ class Attempt:
             served_by=self.served_by,
             tls=self.tls,
             body_bytes=self.body_bytes,
+            tcp=self.tcp,
         )
+
+    def note_tcp(self, sock: Any) -> None:
+        """Add the kernel's statistics of a fresh connection that is still open."""
+        stats = read_tcp_info(sock)
+        if stats is not None:
+            self.tcp = stats if self.tcp is None else self.tcp.plus(stats)
 
 
 _ATTEMPT: contextvars.ContextVar[Attempt] = contextvars.ContextVar("meshprobe_attempt")
@@ -89,7 +98,7 @@ def _attempt_socket(addr_info: Any) -> socket.socket:
     read the kernel's TCP_INFO for it while the connection is open."""
     family, kind, proto, _, _ = addr_info
     sock = socket.socket(family=family, type=kind, proto=proto)
-    current_attempt().sock = sock
+    current_attempt().sockets.append(sock)
     return sock
 
 
@@ -117,7 +126,7 @@ class TraceSink(Protocol):
     def trace(self, event: TraceEvent) -> None: ...
 
 
-TraceEvent = Literal["dns_start", "dns_end", "conn_start", "conn_end", "reuse", "sent"]
+TraceEvent = Literal["dns_start", "dns_end", "conn_start", "conn_end", "reuse", "sent", "redirect"]
 
 
 def _forward(event: TraceEvent) -> Callable[..., Coroutine[Any, Any, None]]:
@@ -139,6 +148,7 @@ def _trace_config() -> aiohttp.TraceConfig:
     tc.on_connection_create_end.append(_forward("conn_end"))
     tc.on_connection_reuseconn.append(_forward("reuse"))
     tc.on_request_headers_sent.append(_forward("sent"))
+    tc.on_request_redirect.append(_forward("redirect"))
     tc.freeze()
     return tc
 
@@ -181,10 +191,13 @@ class ProbeEnv:
     ) -> ProbeEnv:
         env = cls(source_cluster=source_cluster, anchors=anchors, trust_domain=trust_domain)
         env._trace = _trace_config()
-        # force_close: every probe pays DNS (unless cached), connect and TLS, so they are measured
-        # every time; limit=0 because the scheduler already bounds concurrency.
+        # force_close: every probe pays DNS, connect and TLS, so they are measured every time;
+        # no DNS cache, for the same reason (tcp and tls probes resolve every time too, as
+        # blackbox_exporter does); limit=0 because the scheduler already bounds concurrency.
         env._fresh = env._session(
-            aiohttp.TCPConnector(force_close=True, limit=0, socket_factory=_attempt_socket)
+            aiohttp.TCPConnector(
+                force_close=True, limit=0, use_dns_cache=False, socket_factory=_attempt_socket
+            )
         )
         return env
 
@@ -215,7 +228,10 @@ class ProbeEnv:
             # Keep the idle connection across at least one interval, else nothing is reused.
             idle = max(15.0, target.interval + target.timeout + 5.0)
             connector = aiohttp.TCPConnector(
-                limit=1, keepalive_timeout=idle, socket_factory=_attempt_socket
+                limit=1,
+                keepalive_timeout=idle,
+                use_dns_cache=False,
+                socket_factory=_attempt_socket,
             )
             context = make_context()
             entry = KeepAlive(self._session(connector), context)

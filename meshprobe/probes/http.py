@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import errno
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, current_attempt
 from meshprobe.probes.tcp import connect_reason
-from meshprobe.probes.tcpinfo import handshake_rtt
 from meshprobe.probes.tls import (
     handshake_failure,
     new_context,
@@ -35,68 +34,124 @@ _ALPN = ("http/1.1",)
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
 
 
-@dataclass(eq=False)
-class _Timeline:
-    """Raw perf_counter marks of one request; turned into phases by `settle`."""
+@dataclass(eq=False, slots=True)
+class _Hop:
+    """perf_counter marks of one request/response exchange; a followed redirect adds a hop."""
 
-    recorder: HandshakeRecorder | None = None
+    begun: float  # a connection was asked for (or an idle one reused)
+    first_socket: int  # index into `Attempt.sockets` of this hop's first socket
+    reused: bool = False
     dns_start: float | None = None
     dns_end: float | None = None
-    conn_start: float | None = None
-    conn_end: float | None = None
-    reused: bool = False
-    sent: float | None = None
-    headers: float | None = None
-    done: float | None = None
-    kernel_rtt: float | None = None  # the TCP handshake as the kernel measured it
+    tls_start: float | None = None  # TCP connected: the first handshake call
+    tls_end: float | None = None  # handshake done and chain judged
+    ready: float | None = None  # the connection is ready for the request
+    headers: float | None = None  # the answer's status line and headers are in
+    done: float | None = None  # the answer is complete (for a redirect: when it was followed)
+
+
+def _add(phases: dict[Phase, float], phase: Phase, start: float | None, end: float) -> None:
+    if start is not None:
+        phases[phase] = phases.get(phase, 0.0) + max(0.0, end - start)
+
+
+@dataclass(eq=False)
+class _Timeline:
+    """The hops of one probe, turned into blackbox_exporter's phases by `settle`.
+
+    Phases are wall-clock intervals that follow each other (connect starts where resolve ends,
+    processing where the connection became ready), summed over redirect hops as blackbox does.
+    A phase still running when the probe ends (a timeout, a failure) counts up to that moment, so
+    a hanging handshake shows as a long `tls`, not as 0.
+    """
+
+    attempt: Attempt
+    recorder: HandshakeRecorder | None = None
+    hops: list[_Hop] = field(default_factory=list)
+
+    def _hop(self) -> _Hop:
+        if not self.hops:  # an event before any connection: cannot happen with aiohttp, be safe
+            self.hops.append(_Hop(time.perf_counter(), len(self.attempt.sockets)))
+        return self.hops[-1]
 
     def trace(self, event: TraceEvent) -> None:
         now = time.perf_counter()
+        if event == "conn_start":
+            self.hops.append(_Hop(now, len(self.attempt.sockets)))
+            return
+        if event == "reuse":
+            self.hops.append(_Hop(now, len(self.attempt.sockets), reused=True, ready=now))
+            return
+        hop = self._hop()
         if event == "dns_start":
-            self.dns_start = now
+            hop.dns_start = now
         elif event == "dns_end":
-            self.dns_end = now
-        elif event == "conn_start":
-            # A followed redirect starts over: the phases describe the last hop.
-            self.dns_start = self.dns_end = self.conn_end = None
-            self.reused = False
-            self.conn_start = now
+            hop.dns_end = now
         elif event == "conn_end":
-            self.conn_end = now
-        elif event == "reuse":
-            self.reused = True
+            hop.ready = now
+            self._take_handshake(hop)
         elif event == "sent":
-            self.sent = now
-            if not self.reused:  # the connection is open now; ask the kernel about its handshake
-                self.kernel_rtt = handshake_rtt(current_attempt().sock)
+            if not hop.reused:
+                self._read_kernel(hop)
+        elif event == "redirect":
+            hop.headers = hop.done = now
+
+    def _take_handshake(self, hop: _Hop) -> None:
+        """Copy the recorder's handshake marks, if the handshake is this hop's (the context is
+        shared by the hops of a probe, so an earlier hop's marks may still be there)."""
+        recorder = self.recorder
+        if recorder is not None and recorder.started is not None and recorder.started >= hop.begun:
+            hop.tls_start, hop.tls_end = recorder.started, recorder.finished
+
+    def answered(self, now: float) -> None:
+        self._hop().headers = now
+
+    def completed(self, now: float) -> None:
+        self._hop().done = now
+
+    def _read_kernel(self, hop: _Hop) -> None:
+        """TCP_INFO of the hop's connection, read once the request is out: the connection is
+        surely open then (a short answer may close it before aiohttp hands us the response).
+        Happy eyeballs may have made several sockets; the losers are closed by now."""
+        for sock in self.attempt.sockets[hop.first_socket :]:
+            if sock.fileno() != -1:
+                self.attempt.note_tcp(sock)
+                return
 
     def settle(self, attempt: Attempt) -> None:
+        now = time.perf_counter()
         phases = attempt.phases
         recorder = self.recorder
-        if self.reused:
-            phases[Phase.RESOLVE] = phases[Phase.CONNECT] = 0.0
-            if recorder is not None:
-                phases[Phase.TLS] = 0.0
-        else:
-            tls_start = recorder.started if recorder is not None else None
-            connected = tls_start if recorder is not None else self.conn_end
-            if self.dns_start is not None and self.dns_end is not None:
-                phases[Phase.RESOLVE] = self.dns_end - self.dns_start
-            elif self.dns_start is None and connected is not None:
-                phases[Phase.RESOLVE] = 0.0  # an IP literal or a cached name
-            start = self.dns_end if self.dns_end is not None else self.conn_start
-            if self.kernel_rtt is not None:
-                phases[Phase.CONNECT] = self.kernel_rtt
-            elif start is not None and connected is not None:
-                phases[Phase.CONNECT] = connected - start
-            if recorder is not None and recorder.duration is not None:
-                phases[Phase.TLS] = recorder.duration
-        if self.sent is not None and self.headers is not None:
-            phases[Phase.PROCESSING] = self.headers - self.sent
-        if self.headers is not None and self.done is not None:
-            phases[Phase.TRANSFER] = self.done - self.headers
-        if recorder is not None and (self.reused or recorder.finished is not None):
+        for index, hop in enumerate(self.hops):
+            last = index == len(self.hops) - 1
+            if not hop.reused:
+                if last and hop.ready is None:  # cut off before the connection was ready
+                    self._take_handshake(hop)
+                connected = hop.tls_start if hop.tls_start is not None else hop.ready
+                if hop.dns_start is not None:
+                    _add(phases, Phase.RESOLVE, hop.dns_start, hop.dns_end or connected or now)
+                else:
+                    phases.setdefault(Phase.RESOLVE, 0.0)  # an IP literal: nothing to resolve
+                if hop.dns_end is not None or hop.dns_start is None:
+                    _add(phases, Phase.CONNECT, hop.dns_end or hop.begun, connected or now)
+                if recorder is not None:
+                    if hop.tls_start is not None:
+                        _add(phases, Phase.TLS, hop.tls_start, hop.tls_end or hop.ready or now)
+                    else:
+                        phases.setdefault(Phase.TLS, 0.0)
+            else:
+                for phase in (Phase.RESOLVE, Phase.CONNECT):
+                    phases.setdefault(phase, 0.0)
+                if recorder is not None:
+                    phases.setdefault(Phase.TLS, 0.0)
+            if hop.ready is not None:
+                _add(phases, Phase.PROCESSING, hop.ready, hop.headers or now)
+            if hop.headers is not None:
+                _add(phases, Phase.TRANSFER, hop.headers, hop.done or now)
+        if recorder is not None and recorder.finished is not None:
             attempt.tls = recorder.report
+        elif recorder is not None and self.hops and self.hops[-1].reused:
+            attempt.tls = recorder.report  # a reused connection keeps the verdict it earned
 
 
 def _status_ok(target: Target, status: int) -> bool:
@@ -178,7 +233,7 @@ async def probe_http(target: Target, env: ProbeEnv) -> ProbeResult:
         session, context = _session_and_context(target, env)
     except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted
         return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
-    timeline = _Timeline(recorder=context.recorder if context is not None else None)
+    timeline = _Timeline(attempt, recorder=context.recorder if context is not None else None)
     attempt.settlers.append(timeline.settle)
     try:
         async with session.request(
@@ -190,20 +245,18 @@ async def probe_http(target: Target, env: ProbeEnv) -> ProbeResult:
             server_hostname=target.tls.server_name if context is not None else None,
             trace_request_ctx=timeline,
         ) as resp:
-            timeline.headers = time.perf_counter()
+            timeline.answered(time.perf_counter())
             attempt.status_code = resp.status
             attempt.served_by = resp.headers.get(SERVED_BY_HEADER)
             if not _status_ok(target, resp.status):
                 return attempt.result(Reason.HTTP_STATUS, f"status {resp.status}")
             failure = await _read_body(resp, target, env, attempt)
             if failure is None:
-                timeline.done = time.perf_counter()
+                timeline.completed(time.perf_counter())
     except aiohttp.ClientError as exc:
         if timeline.recorder is not None and timeline.recorder.fault is not None:
             raise timeline.recorder.fault from exc  # a bug of ours: run_probe logs it
         return attempt.result(*_classify(exc, timeline.recorder))
     if failure is not None:
         return attempt.result(*failure)
-    # A complete answer: the probe took what its phases took, not what Python spent between them.
-    attempt.measured_total = True
     return attempt.result()

@@ -54,6 +54,7 @@ async def resolve(target: Target, attempt: Attempt) -> list[Addr]:
         return [literal]
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
+    _until_settled(attempt, Phase.RESOLVE, start)
     try:
         infos = await loop.getaddrinfo(
             host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
@@ -64,6 +65,15 @@ async def resolve(target: Target, attempt: Attempt) -> list[Addr]:
     if not infos:
         raise ConnectFailed(Reason.DNS, f"{host} resolved to no address")
     return [(family, kind, proto, tuple(addr)) for family, kind, proto, _, addr in infos]
+
+
+def _until_settled(attempt: Attempt, phase: Phase, start: float) -> None:
+    """A phase cut off by the deadline or a failure counts the time it took until then."""
+
+    def settle(a: Attempt) -> None:
+        a.phases.setdefault(phase, time.perf_counter() - start)
+
+    attempt.settlers.append(settle)
 
 
 def connect_reason(exc: OSError) -> Reason:
@@ -77,6 +87,7 @@ async def connect(addrs: list[Addr], attempt: Attempt) -> socket.socket:
     across all tries, since that is what a client of the service would wait for."""
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
+    _until_settled(attempt, Phase.CONNECT, start)
     first_error: OSError | None = None
     for family, kind, proto, addr in addrs:
         sock = socket.socket(family, kind, proto)
@@ -93,6 +104,7 @@ async def connect(addrs: list[Addr], attempt: Attempt) -> socket.socket:
             sock.close()
             raise
         attempt.phases[Phase.CONNECT] = time.perf_counter() - start
+        attempt.note_tcp(sock)  # a retransmitted SYN shows here even when the connect succeeds
         return sock
     assert first_error is not None
     raise ConnectFailed(

@@ -1,9 +1,10 @@
-"""The kernel's own measurement of a TCP handshake.
+"""The kernel's view of a probe's TCP connection: a diagnostic beside the duration, never in it.
 
-A user-space stopwatch around aiohttp's connector times a few hundred microseconds of Python
-(happy-eyeballs, transport and protocol set-up) along with the handshake, which on a fast network
-is most of what it reports. Linux measures the SYN → SYN-ACK round trip itself and keeps the
-smallest RTT seen in `tcp_info.tcpi_min_rtt`; on a fresh connection that is the handshake.
+Linux keeps per-connection statistics in `struct tcp_info`. Two of them tell a user *why* a
+latency went up: the smoothed RTT (`tcpi_rtt`) and the retransmitted segments
+(`tcpi_total_retrans`, which counts a retransmitted SYN too). Latency up with retransmits up means
+loss on the path; latency up with retransmits flat means a slow server or gateway. They are read
+from each fresh connection while it is still open; elsewhere than Linux they are absent.
 """
 
 from __future__ import annotations
@@ -12,22 +13,30 @@ import socket
 import struct
 from typing import Any
 
-_TCP_INFO = getattr(socket, "TCP_INFO", None)
-_MIN_RTT_OFFSET = 148  # struct tcp_info: __u32 tcpi_min_rtt (microseconds), Linux 4.6+
-_NEEDED = _MIN_RTT_OFFSET + 4
+from meshprobe.model import TCPStats
+
+__all__ = ["SUPPORTED", "read_tcp_info"]
+
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None)
+SUPPORTED = _TCP_INFO is not None  # the tcp diagnostics families exist only where this holds
+
+# Offsets in struct tcp_info (include/uapi/linux/tcp.h); stable ABI since Linux 2.6 for these.
+_RTT_OFFSET = 68  # __u32 tcpi_rtt, microseconds, smoothed
+_TOTAL_RETRANS_OFFSET = 100  # __u32 tcpi_total_retrans, segments over the connection's life
+_NEEDED = _TOTAL_RETRANS_OFFSET + 4
 
 
-def handshake_rtt(sock: Any) -> float | None:
-    """Seconds, or None where the kernel cannot tell (not Linux, too old, not a TCP socket)."""
+def read_tcp_info(sock: Any) -> TCPStats | None:
+    """The kernel's statistics of a connected socket (a `socket.socket`, asyncio's TransportSocket
+    or uvloop's pseudo-socket), or None where the kernel cannot tell."""
     if _TCP_INFO is None or sock is None:
         return None
     try:
         raw = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _NEEDED)
-    except (OSError, AttributeError, TypeError):
+    except (OSError, AttributeError, TypeError, ValueError):
         return None
-    if len(raw) < _NEEDED:
+    if not isinstance(raw, bytes) or len(raw) < _NEEDED:
         return None
-    (min_rtt_us,) = struct.unpack_from("I", raw, _MIN_RTT_OFFSET)
-    if min_rtt_us in (0, 0xFFFFFFFF):  # no sample yet / unset
-        return None
-    return float(min_rtt_us) / 1_000_000
+    (rtt_us,) = struct.unpack_from("I", raw, _RTT_OFFSET)
+    (retrans,) = struct.unpack_from("I", raw, _TOTAL_RETRANS_OFFSET)
+    return TCPStats(rtt=rtt_us / 1_000_000 if rtt_us else None, retransmits=retrans)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import ssl
+import time
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, current_attempt
@@ -115,6 +116,8 @@ async def _close(transport: asyncio.Transport, closed: asyncio.Future[None]) -> 
 def _record(attempt: Attempt, recorder: HandshakeRecorder) -> None:
     if recorder.duration is not None:
         attempt.phases[Phase.TLS] = recorder.duration
+    elif recorder.started is not None:  # cut off mid-handshake: the time it took until then
+        attempt.phases[Phase.TLS] = time.perf_counter() - recorder.started
     if recorder.finished is not None:  # the context is reused: only this attempt's verdict
         attempt.tls = recorder.report
 
@@ -149,6 +152,8 @@ async def probe_tls(target: Target, env: ProbeEnv) -> ProbeResult:
     except BaseException:
         sock.close()
         raise
+    attempt.tcp = None  # the connect's reading is superseded by this later, cumulative one
+    attempt.note_tcp(sock)
     result = attempt.result()
     # The verdict is in; closing politely is the server's courtesy, not part of the measurement.
     env.spawn(_close(transport, closed))

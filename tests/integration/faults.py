@@ -40,9 +40,17 @@ Handler = Callable[["FaultServer", asyncio.StreamReader, asyncio.StreamWriter], 
 class FaultServer:
     """A listener on 127.0.0.1:<random> running `handler` for each connection."""
 
-    def __init__(self, handler: Handler, *, tls: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        *,
+        tls: ssl.SSLContext | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        """`sock`: a bound listening socket to serve on (its host and port are used)."""
         self._handler = handler
         self._tls = tls
+        self._sock = sock
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -58,13 +66,22 @@ class FaultServer:
         return f"{scheme}://{self.host}:{self.port}{path}"
 
     async def __aenter__(self) -> FaultServer:
-        self._server = await asyncio.start_server(
-            self._serve,
-            self.host,
-            0,
-            ssl=self._tls,
-            ssl_shutdown_timeout=1.0 if self._tls else None,
-        )
+        if self._sock is not None:
+            self.host, _ = self._sock.getsockname()
+            self._server = await asyncio.start_server(
+                self._serve,
+                sock=self._sock,
+                ssl=self._tls,
+                ssl_shutdown_timeout=1.0 if self._tls else None,
+            )
+        else:
+            self._server = await asyncio.start_server(
+                self._serve,
+                self.host,
+                0,
+                ssl=self._tls,
+                ssl_shutdown_timeout=1.0 if self._tls else None,
+            )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -4,6 +4,7 @@ import shutil
 import subprocess
 from dataclasses import replace
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from meshprobe.exposition import SLICE, edge_exposition
@@ -13,6 +14,7 @@ from meshprobe.model import (
     Phase,
     ProbeResult,
     Reason,
+    TCPStats,
     TLSReport,
 )
 from meshprobe.state import ProbeState
@@ -39,8 +41,12 @@ def test_samples_match_the_state_and_labels_are_escaped() -> None:
             phases={Phase.CONNECT: 0.001, Phase.TLS: 0.004},
             served_by="c2",
             tls=TLS,
+            tcp=TCPStats(rtt=0.0004, retransmits=1),
         ),
     )
+    # An answer over the 100 ms budget, then a timeout: only the answer is latency.
+    slow = ProbeResult(success=True, duration=0.2, tcp=TCPStats(rtt=0.0009, retransmits=2))
+    state.record(BASE, slow)
     state.record(BASE, ProbeResult(success=False, duration=0.5, reason=Reason.TIMEOUT))
     samples = {
         (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in EDGE))): s.value
@@ -61,14 +67,19 @@ def test_samples_match_the_state_and_labels_are_escaped() -> None:
         "probe": "http",
     }
     assert samples[("meshprobe_probe_success", ())] == 0.0
-    assert samples[("meshprobe_probes_total", ())] == 2.0
+    assert samples[("meshprobe_probes_total", ())] == 3.0
     assert samples[("meshprobe_probe_failures_total", (("reason", "timeout"),))] == 1.0
     assert samples[("meshprobe_probe_failures_total", (("reason", "dns"),))] == 0.0
+    # The SLO's bad events are failures plus answers over budget, and these two are disjoint:
+    # the timeout is a failure, not also an over-budget probe, nor a latency sample.
     assert samples[("meshprobe_probe_over_budget_total", ())] == 1.0
     assert samples[("meshprobe_probe_duration_seconds_count", ())] == 2.0
-    assert samples[("meshprobe_probe_duration_seconds_sum", ())] == 0.512
+    assert samples[("meshprobe_probe_duration_seconds_sum", ())] == pytest.approx(0.212)
     assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "0.015"),))] == 1.0
     assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "+Inf"),))] == 2.0
+    # Kernel diagnostics: the last RTT read, retransmits summed over probes.
+    assert samples[("meshprobe_tcp_rtt_seconds", ())] == 0.0009
+    assert samples[("meshprobe_tcp_retransmits_total", ())] == 3.0
     assert samples[("meshprobe_served_total", (("served_by_cluster", "c2"),))] == 1.0
     assert samples[("meshprobe_latency_budget_seconds", ())] == 0.1
     assert samples[("meshprobe_tls_verified", ())] == 1.0

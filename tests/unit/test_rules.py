@@ -42,7 +42,7 @@ RECORDS = {
     *(f"edge:meshprobe_probe_duration_seconds:{q}_rate5m" for q in ("p50", "p90", "p99")),
     *(
         f"edge:meshprobe_probe_{ratio}:ratio_rate{w}"
-        for ratio in ("success", "over_budget")
+        for ratio in ("success", "slo_errors")
         for w in ("5m", "30m", "1h", "6h")
     ),
     "cluster_pair:meshprobe_probe_duration_seconds:p99_rate5m",

@@ -73,6 +73,7 @@ FAMILIES: Sequence[Family] = (
     Family(m.TLS_VERIFIED, "gauge", "Whether the last presented chain verified."),
     Family(m.TLS_CERT_EXPIRY, "gauge", "Earliest NotAfter per certificate role in the last chain."),
     Family(m.TLS_PEER_INFO, "gauge", "Identity and anchoring root of the last presented chain."),
+    Family(m.TLS_VERSION_INFO, "gauge", "TLS version and cipher negotiated by the last handshake."),
 )
 
 _BUCKET_LE = (*(f',le="{b!r}"' for b in m.DURATION_BUCKETS), ',le="+Inf"')
@@ -159,7 +160,11 @@ def _render_tls(
         elif name == m.TLS_CERT_EXPIRY:
             for role, ts in sorted(tls.earliest_expiry().items()):
                 emit(f'{name}{{{lbl},role="{role.value}"}} {fmt(ts)}\n')
-        else:
+        elif name == m.TLS_VERSION_INFO:
+            if tls.version is not None:
+                version, cipher = escape(tls.version), escape(tls.cipher or "")
+                emit(f'{name}{{{lbl},version="{version}",cipher="{cipher}"}} 1.0\n')
+        elif name == m.TLS_PEER_INFO:
             root = tls.root.fingerprint_sha256 if tls.root is not None else ""
             identity = escape(tls.identity or "")
             emit(f'{name}{{{lbl},identity="{identity}",root_fingerprint_sha256="{root}"}} 1.0\n')

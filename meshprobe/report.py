@@ -43,6 +43,9 @@ def render(target: Target, result: ProbeResult, *, now: float | None = None) -> 
     for phase in KIND_PHASES[target.scheme]:
         value = result.phases.get(phase)
         lines.append(f"  {phase.value:<11} {_ms(value) if value is not None else '-'}")
+    if result.tcp is not None:
+        rtt = _ms(result.tcp.rtt) if result.tcp.rtt is not None else "-"
+        lines.append(f"kernel tcp: rtt {rtt}, retransmits {result.tcp.retransmits}")
     if result.status_code is not None:
         lines.append(f"status: {result.status_code}")
     if result.served_by:

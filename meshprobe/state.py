@@ -85,8 +85,10 @@ class ProbeState:
             stats.failures[result.reason] = stats.failures.get(result.reason, 0) + 1
         if result.served_by:
             stats.served[result.served_by] = stats.served.get(result.served_by, 0) + 1
-        if result.tls is not None:
-            stats.last_tls = result.tls
+        # The TLS series describe the latest attempt: a probe that failed before any chain was
+        # presented (refused, timeout) leaves no chain to describe, so they go absent rather than
+        # keep vouching for the last chain seen.
+        stats.last_tls = result.tls
         stats.last = result
         before = previous.reason if previous is not None else None
         if previous is None and result.success:

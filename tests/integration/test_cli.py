@@ -153,6 +153,7 @@ def test_probe_explains_one_https_probe(tmp_path: Path) -> None:
     for phase in ("resolve", "connect", "tls", "processing", "transfer"):
         assert phase in out
     assert "status: 200" in out
+    assert "kernel tcp: rtt " in out and "retransmits 0" in out  # Linux, loopback: no loss
     assert "CN=probe test intermediate" in out and "CN=probe test root" in out
     assert "verified: yes" in out
     assert "served by cluster: probe-target" in out

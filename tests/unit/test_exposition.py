@@ -23,7 +23,16 @@ from tests.unit.test_state import target
 BASE = target('ns/svc "quoted"\\back', scheme="https", url="https://127.0.0.1:1/")
 CERT = CertSummary("CN=l", "CN=i", 0.0, 2e9, "ab" * 32, CertRole.LEAF)
 ROOT = CertSummary("CN=r", "CN=r", 0.0, 3e9, "cd" * 32, CertRole.ROOT, from_bundle=True)
-TLS = TLSReport(True, None, "verified", (CERT,), ROOT, "spiffe://td/ns/a/sa/b")
+TLS = TLSReport(
+    True,
+    None,
+    "verified",
+    (CERT,),
+    ROOT,
+    "spiffe://td/ns/a/sa/b",
+    version="TLSv1.3",
+    cipher="TLS_AES_128_GCM_SHA256",
+)
 
 
 def render(state: ProbeState) -> str:
@@ -44,6 +53,11 @@ def test_samples_match_the_state_and_labels_are_escaped() -> None:
             tcp=TCPStats(rtt=0.0004, retransmits=1),
         ),
     )
+    after_handshake = {
+        (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in EDGE))): s.value
+        for f in text_string_to_metric_families(render(state))
+        for s in f.samples
+    }
     # An answer over the 100 ms budget, then a timeout: only the answer is latency.
     slow = ProbeResult(success=True, duration=0.2, tcp=TCPStats(rtt=0.0009, retransmits=2))
     state.record(BASE, slow)
@@ -82,10 +96,15 @@ def test_samples_match_the_state_and_labels_are_escaped() -> None:
     assert samples[("meshprobe_tcp_retransmits_total", ())] == 3.0
     assert samples[("meshprobe_served_total", (("served_by_cluster", "c2"),))] == 1.0
     assert samples[("meshprobe_latency_budget_seconds", ())] == 0.1
-    assert samples[("meshprobe_tls_verified", ())] == 1.0
-    assert samples[("meshprobe_tls_cert_expiry_timestamp_seconds", (("role", "root"),))] == 3e9
+    assert after_handshake[("meshprobe_tls_verified", ())] == 1.0
+    expiry = ("meshprobe_tls_cert_expiry_timestamp_seconds", (("role", "root"),))
+    assert after_handshake[expiry] == 3e9
     info = (("identity", "spiffe://td/ns/a/sa/b"), ("root_fingerprint_sha256", "cd" * 32))
-    assert samples[("meshprobe_tls_peer_info", info)] == 1.0
+    assert after_handshake[("meshprobe_tls_peer_info", info)] == 1.0
+    version = (("cipher", "TLS_AES_128_GCM_SHA256"), ("version", "TLSv1.3"))
+    assert after_handshake[("meshprobe_tls_version_info", version)] == 1.0
+    # The last attempt presented no chain: no TLS series vouches for the old one.
+    assert not [k for k in samples if k[0].startswith("meshprobe_tls_")]
     # The last result failed before any phase: every phase of the kind is there, at 0.
     assert samples[("meshprobe_probe_phase_duration_seconds", (("phase", "tls"),))] == 0.0
 

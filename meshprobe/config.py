@@ -50,6 +50,7 @@ from meshprobe.config_types import (
     ClusterName,
     Duration,
     HttpStatus,
+    LabelText,
     NonEmpty,
     parse_byte_size,
     split_host_port,
@@ -134,7 +135,7 @@ class TLSSpec(_Frozen):
 
 
 class TargetSpec(_Frozen):
-    name: NonEmpty
+    name: LabelText
     url: str
     cluster: ClusterName | None = None  # None: the cluster this instance runs in
     interval: Duration | None = None
@@ -191,6 +192,12 @@ class TargetSpec(_Frozen):
         if self.tls is not None and scheme not in ("https", "tls"):
             reason = f"tls options need an https:// or tls:// url, not {scheme}://"
             raise_cross_field([(("tls",), reason)])
+        if "@" in urlsplit(self.url).netloc and any(
+            name.lower() == "authorization" for name in self.headers
+        ):
+            # aiohttp refuses the pair on every request; say so once, at load time.
+            reason = "an Authorization header cannot be combined with user:password@ in the url"
+            raise_cross_field([(("headers",), reason)])
         return self
 
     @property

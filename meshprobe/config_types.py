@@ -14,6 +14,7 @@ from urllib.parse import SplitResult, urlsplit
 from pydantic import AfterValidator, BeforeValidator
 
 from meshprobe.durations import parse_duration
+from meshprobe.model import redact_url
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _HOSTNAME = re.compile(
@@ -78,6 +79,24 @@ def _non_empty(value: str) -> str:
     return value
 
 
+def _label_text(value: str) -> str:
+    """A value that becomes a Prometheus label must be valid UTF-8 text: a lone surrogate (YAML
+    and JSON can spell one) cannot be encoded at all, and control characters make unreadable
+    series."""
+    _non_empty(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"is not valid UTF-8 text (character {exc.start}: {value[exc.start]!r}); "
+            "it becomes a Prometheus label value"
+        ) from None
+    bad = next((c for c in value if ord(c) < 0x20 or ord(c) == 0x7F), None)
+    if bad is not None:
+        raise ValueError(f"contains the control character {bad!r}; it becomes a label value")
+    return value
+
+
 def _http_status(value: int) -> int:
     if not 100 <= value <= 599:
         raise ValueError(f"HTTP status {value} is out of range (expected 100..599)")
@@ -89,6 +108,7 @@ ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
 ClusterName = Annotated[str, AfterValidator(_dns_label)]
 Namespace = Annotated[str, AfterValidator(_namespace)]
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+LabelText = Annotated[str, AfterValidator(_label_text)]
 HttpStatus = Annotated[int, AfterValidator(_http_status)]
 
 
@@ -119,14 +139,21 @@ def split_host_port(text: str) -> tuple[str, int]:
 
 
 def split_url(text: str, allowed: tuple[str, ...]) -> SplitResult:
+    """Parse a target or peer URL; errors show it with its userinfo redacted (a password in a
+    URL must not reach CI logs through `meshprobe check`)."""
+    shown = redact_url(text)
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"invalid URL {shown!r}: contains a control character (CR, LF, ...)")
     parts = urlsplit(text.strip())
     if parts.scheme not in allowed:
-        shown = parts.scheme or "(none)"
-        raise ValueError(f"unknown scheme {shown!r} (expected one of {', '.join(allowed)})")
+        scheme = parts.scheme or "(none)"
+        raise ValueError(f"unknown scheme {scheme!r} (expected one of {', '.join(allowed)})")
     if not parts.hostname:
-        raise ValueError(f"invalid URL {text!r}: no host")
+        raise ValueError(f"invalid URL {shown!r}: no host")
     try:
-        _ = parts.port
+        port = parts.port
     except ValueError:
-        raise ValueError(f"invalid URL {text!r}: bad port") from None
+        raise ValueError(f"invalid URL {shown!r}: bad port") from None
+    if port == 0:
+        raise ValueError(f"invalid URL {shown!r}: port 0 cannot be connected to")
     return parts

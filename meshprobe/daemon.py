@@ -65,7 +65,7 @@ class Daemon:
         self._watch_settings = watch or WatchSettings(
             resync_period=settings.discovery.kubernetes.resync_period
         )
-        self.state = ProbeState()
+        self.state = ProbeState(own_cluster=settings.cluster)
         self.status = InstanceStatus(config_reload_timestamp=time.time())
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
@@ -348,7 +348,7 @@ def _log_transition(t: Transition) -> None:
         "target": t.target.name,
         "target_cluster": t.target.cluster,
         "probe": t.target.kind.value,
-        "url": t.target.url,
+        "url": t.target.shown_url,
     }
     if t.current is None:
         log.info("probe recovered", previous_reason=t.previous, **fields)

@@ -22,6 +22,10 @@ SLICE = 500  # edges rendered between two yields to the event loop
 
 
 def escape(value: str) -> str:
+    """A label value as text format 0.0.4 wants it, always encodable: a lone surrogate (from a
+    discovered name or any other outside text) becomes U+FFFD instead of failing every scrape."""
+    if not value.isascii():
+        value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import Literal
 
 import structlog
+import structlog.tracebacks
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -21,8 +22,12 @@ def configure_logging(
     level: str = "info", fmt: Literal["auto", "json", "console"] = "auto"
 ) -> None:
     console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    # Tracebacks never carry frame locals: a probe's locals hold request headers and URL
+    # credentials (structlog's dict tracebacks and rich's console tracebacks show them by default).
     renderer: structlog.typing.Processor = (
-        structlog.dev.ConsoleRenderer() if console else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(exception_formatter=structlog.dev.plain_traceback)
+        if console
+        else structlog.processors.JSONRenderer()
     )
     processors: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -30,7 +35,11 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if not console:
-        processors.append(structlog.processors.dict_tracebacks)
+        processors.append(
+            structlog.processors.ExceptionRenderer(
+                structlog.tracebacks.ExceptionDictTransformer(show_locals=False)
+            )
+        )
     processors.append(renderer)
     structlog.configure(
         processors=processors,

@@ -9,6 +9,21 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from urllib.parse import urlsplit, urlunsplit
+
+
+def redact_url(url: str) -> str:
+    """The URL as it may be shown (logs, errors, status pages): userinfo is a credential, so a
+    password and a user name both become `***`. Anything unparseable is shown as a placeholder
+    rather than risk echoing a secret in it."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+    except ValueError:
+        return "(unparseable URL)"
+    if "@" not in netloc:
+        return url
+    return urlunsplit(parts._replace(netloc="***@" + netloc.rpartition("@")[2]))
 
 
 class Reason(StrEnum):
@@ -136,6 +151,11 @@ class Target:
     @property
     def kind(self) -> ProbeKind:
         return SCHEME_KIND[self.scheme]
+
+    @property
+    def shown_url(self) -> str:
+        """`url` without its userinfo: the only form logs and pages may carry."""
+        return redact_url(self.url)
 
     @property
     def uses_tls(self) -> bool:

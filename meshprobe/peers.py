@@ -21,7 +21,7 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from meshprobe import metricnames as m
-from meshprobe.model import Scope, Target
+from meshprobe.model import Scope, Target, redact_url
 from meshprobe.probes import ProbeEnv
 from meshprobe.server import IDENTITY_MAX_BYTES
 from meshprobe.tasks import cancel_and_wait
@@ -202,7 +202,7 @@ class PeerWatcher:
         old_match = self.trust_match(old) if old is not None else None
         if old is not None and (old.up, old.detail, old_match) == (new.up, new.detail, match):
             return
-        fields = {"peer_cluster": peer.cluster, "url": peer.url, "detail": new.detail}
+        fields = {"peer_cluster": peer.cluster, "url": redact_url(peer.url), "detail": new.detail}
         if not new.up:
             log.warning("peer unreachable or invalid", **fields)
         elif match is False:

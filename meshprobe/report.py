@@ -36,7 +36,8 @@ def _cert_lines(cert: CertSummary, now: float) -> list[str]:
 def render(target: Target, result: ProbeResult, *, now: float | None = None) -> str:
     now = now if now is not None else datetime.now(UTC).timestamp()
     verdict = "SUCCESS" if result.success else f"FAILED ({result.reason})"
-    lines = [f"{target.kind.value} probe of {target.url}: {verdict} in {_ms(result.duration)}"]
+    shown = target.shown_url
+    lines = [f"{target.kind.value} probe of {shown}: {verdict} in {_ms(result.duration)}"]
     if result.detail:
         lines.append(f"  detail: {result.detail}")
     lines.append("phases:")

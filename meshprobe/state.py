@@ -46,13 +46,23 @@ class Transition:
     detail: str
 
 
+# The `served_by_cluster` value for an answer naming a cluster we do not know.
+OTHER_CLUSTER = "other"
+
+
 class ProbeState:
-    def __init__(self) -> None:
+    def __init__(self, *, own_cluster: str | None = None) -> None:
         self._edges: dict[tuple[str, str, str], EdgeStats] = {}
+        # Clusters an answer may name as a label value: ours and those of our targets (peers
+        # included, through their echo targets). Anything else a server sends is `other`, so a
+        # server cannot grow our series with the header's value.
+        self._own = frozenset({own_cluster} if own_cluster else ())
+        self._known: frozenset[str] = self._own
 
     def set_targets(self, targets: Iterable[Target]) -> None:
         """Adopt a new target set: new edges start at zero, removed edges are forgotten."""
         wanted = {t.key: t for t in targets}
+        self._known = self._own | {t.cluster for t in wanted.values()}
         for key in list(self._edges):
             if key not in wanted:
                 del self._edges[key]
@@ -84,7 +94,8 @@ class ProbeState:
         if result.reason is not None:
             stats.failures[result.reason] = stats.failures.get(result.reason, 0) + 1
         if result.served_by:
-            stats.served[result.served_by] = stats.served.get(result.served_by, 0) + 1
+            served = result.served_by if result.served_by in self._known else OTHER_CLUSTER
+            stats.served[served] = stats.served.get(served, 0) + 1
         # The TLS series describe the latest attempt: a probe that failed before any chain was
         # presented (refused, timeout) leaves no chain to describe, so they go absent rather than
         # keep vouching for the last chain seen.

@@ -43,7 +43,7 @@ async def run_probe(target: Target, env: ProbeEnv) -> ProbeResult:
         # Looked up per call, not cached at import: cheap for a rare path, and it honours
         # logging reconfiguration (and structlog.testing.capture_logs).
         structlog.get_logger(__name__).exception(
-            "probe failed unexpectedly", target=target.name, url=target.url
+            "probe failed unexpectedly", target=target.name, url=target.shown_url
         )
         return attempt.result(Reason.PROTOCOL, f"unexpected {type(exc).__name__}: {exc}")
     finally:

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import aiohttp
+from yarl import URL
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, current_attempt
@@ -154,6 +155,26 @@ class _Timeline:
             attempt.tls = recorder.report  # a reused connection keeps the verdict it earned
 
 
+def _own_origin_headers(target: Target) -> tuple[aiohttp.ClientMiddlewareType, ...]:
+    """Custom headers (tokens, API keys) go to the target's own origin only: aiohttp drops
+    Authorization on a redirect to another origin but forwards every other header. The
+    middleware runs for each hop, so it sees where a redirect leads."""
+    if not target.headers or not target.follow_redirects:
+        return ()
+    origin = URL(target.url).origin()
+    names = {name for name, _ in target.headers}
+
+    async def own_origin_only(
+        request: aiohttp.ClientRequest, handler: aiohttp.ClientHandlerType
+    ) -> aiohttp.ClientResponse:
+        if request.url.origin() != origin:
+            for name in names:
+                request.headers.popall(name, None)
+        return await handler(request)
+
+    return (own_origin_only,)
+
+
 def _status_ok(target: Target, status: int) -> bool:
     if target.expected_status:
         return status in target.expected_status
@@ -244,6 +265,7 @@ async def probe_http(target: Target, env: ProbeEnv) -> ProbeResult:
             ssl=context if context is not None else True,
             server_hostname=target.tls.server_name if context is not None else None,
             trace_request_ctx=timeline,
+            middlewares=_own_origin_headers(target),
         ) as resp:
             timeline.answered(time.perf_counter())
             attempt.status_code = resp.status

@@ -60,6 +60,7 @@ class FaultServer:
         self.requests: list[Request] = []
         self.received = 0  # bytes read by handlers that only count
         self.accepted = asyncio.Event()
+        self.requested = asyncio.Event()  # set by the HTTP handlers on each request read
         self.clean_closes = 0  # connections the client ended with an orderly EOF / close_notify
 
     def url(self, scheme: str = "http", path: str = "/") -> str:
@@ -248,6 +249,7 @@ def http(respond: Reply | Callable[[Request], Reply] = Reply()) -> Handler:
                 return
             request = _parse(head)
             server.requests.append(request)
+            server.requested.set()
             reply = respond if isinstance(respond, Reply) else respond(request)
             if reply.delay:
                 await asyncio.sleep(reply.delay)

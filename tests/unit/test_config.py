@@ -173,6 +173,10 @@ def test_unknown_scheme(tmp_path: Path) -> None:
         ("{name: a, url: 'http://a', cluster: Bad_Name}", "targets.0.cluster", "lowercase"),
         ("{name: a, url: 'http://a', body_limit: 1PiB}", "targets.0.body_limit", "invalid size"),
         ("{name: a, url: 'http://a', method: 'GE T'}", "targets.0.method", "invalid HTTP method"),
+        # Names become label values: a lone surrogate could never be exported, nor should a
+        # control character be.
+        ('{name: "a\\ud800", url: "http://a"}', "targets.0.name", "not valid UTF-8"),
+        ('{name: "a\\x07b", url: "http://a"}', "targets.0.name", "control character"),
     ],
 )
 def test_target_field_errors(tmp_path: Path, target: str, path: str, fragment: str) -> None:

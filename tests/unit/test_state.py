@@ -31,7 +31,7 @@ def test_new_edge_starts_with_zero_counters_for_its_kind() -> None:
 
 
 def test_record_counts_failures_budget_and_who_answered() -> None:
-    state = ProbeState()
+    state = ProbeState(own_cluster="c1")
     t = target()
     state.set_targets([t])
     state.record(t, ProbeResult(success=True, duration=0.05, served_by="c2"))
@@ -73,3 +73,16 @@ def test_removed_edge_is_forgotten_and_changed_edge_keeps_counters() -> None:
     assert edge is not None and edge.probes_total == 1
     assert state.record(b, ProbeResult(success=True, duration=0.01)) is None
     assert state.get(b) is None
+
+
+def test_who_answered_is_bounded_to_clusters_we_know() -> None:
+    """A server picks the header's value; only our own cluster and our targets' clusters become
+    label values, anything else is counted as `other`."""
+    state = ProbeState(own_cluster="c1")
+    t = target()
+    state.set_targets([t, target("ns/peer", cluster="c3")])
+    for value in ["c1", "c2", "c3", *(f"random-{i}" for i in range(100)), "evil\udcff"]:
+        state.record(t, ProbeResult(success=True, duration=0.01, served_by=value))
+    edge = state.get(t)
+    assert edge is not None
+    assert edge.served == {"c1": 1, "c2": 1, "c3": 1, "other": 101}

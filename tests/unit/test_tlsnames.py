@@ -7,6 +7,7 @@ import pytest
 from meshprobe import pki
 from meshprobe.model import Reason
 from meshprobe.tlscheck import TrustAnchors, assess_chain
+from meshprobe.verdictcache import VerdictCache
 from tests.unit import certkit
 from tests.unit.certkit import der
 
@@ -140,3 +141,18 @@ def test_aliases_alone_are_checked(inter: pki.Issued, anchors: TrustAnchors) -> 
     )
     assert rep.reason is Reason.TLS_IDENTITY
 
+
+def test_verdict_cache_keys_on_aliases(inter: pki.Issued, anchors: TrustAnchors) -> None:
+    cache = VerdictCache()
+    chain = spiffe_leaf(inter, ALIAS)
+    args = {"server_name": None, "expected_identity": None, "version": None, "cipher": None}
+    plain = cache.assess(chain, anchors=anchors, trust_domain="cluster.local", **args)
+    aliased = cache.assess(
+        chain,
+        anchors=anchors,
+        trust_domain="cluster.local",
+        trust_domain_aliases=frozenset({"old-mesh.example"}),
+        **args,
+    )
+    assert (plain.verified, aliased.verified) == (False, True)
+    assert cache.misses == 2

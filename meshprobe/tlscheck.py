@@ -363,7 +363,8 @@ def _judge(
     if anchors._store is None:
         detail = f"no trust anchors loaded from {anchors.source}"
         if anchors.skipped:
-            detail += f" ({anchors.skipped} bundle certificates skipped as unusable)"
+            skipped = "; ".join(f"{s.subject!r}: {s.reason}" for s in anchors.skipped_roots[:3])
+            detail += f" (skipped at load as unusable: {skipped})"
         return report(Reason.TLS_UNTRUSTED, "; ".join([*problems, detail]), sent_root)
 
     verifier = (

@@ -11,8 +11,8 @@ from structlog.testing import capture_logs
 from meshprobe import pki
 from meshprobe.model import Reason
 from meshprobe.tlscheck import TrustAnchors, assess_chain
-from tests.unit import certkit
-from tests.unit.certkit import der
+from tests import certkit
+from tests.certkit import der
 
 
 @pytest.fixture(scope="module")

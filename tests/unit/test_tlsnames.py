@@ -8,8 +8,8 @@ from meshprobe import pki
 from meshprobe.model import Reason
 from meshprobe.tlscheck import TrustAnchors, assess_chain
 from meshprobe.verdictcache import VerdictCache
-from tests.unit import certkit
-from tests.unit.certkit import der
+from tests import certkit
+from tests.certkit import der
 
 OURS = "spiffe://cluster.local/ns/mesh/sa/echo"
 ALIAS = "spiffe://old-mesh.example/ns/mesh/sa/echo"

@@ -9,8 +9,8 @@ import pytest
 from meshprobe import pki
 from meshprobe.model import CertRole, Reason
 from meshprobe.tlscheck import TrustAnchors, assess_chain
-from tests.unit import certkit
-from tests.unit.certkit import NOW, der
+from tests import certkit
+from tests.certkit import NOW, der
 
 
 @pytest.fixture(scope="module")

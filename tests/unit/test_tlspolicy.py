@@ -12,8 +12,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from meshprobe import pki
 from meshprobe.model import Reason
 from meshprobe.tlscheck import TrustAnchors, assess_chain
-from tests.unit import certkit
-from tests.unit.certkit import der
+from tests import certkit
+from tests.certkit import der
 
 SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH
 SPIFFE = "spiffe://cluster.local/ns/mesh/sa/echo"

@@ -8,6 +8,7 @@ to-be-signed bytes with the issuer's key, which yields a correctly signed, hosti
 
 from __future__ import annotations
 
+import ipaddress
 import warnings
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -44,6 +45,7 @@ def leaf(
     key: Any = None,
     dns: Sequence[str] = ("web.example",),
     uris: Sequence[str] = (),
+    ips: Sequence[str] = (),
     eku: Sequence[x509.ObjectIdentifier] | None = BOTH_EKUS,
     san_critical: bool = False,
     extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
@@ -68,6 +70,7 @@ def leaf(
     )
     names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
     names += [x509.UniformResourceIdentifier(u) for u in uris]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
     if names:
         builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=san_critical)
     if eku is not None:

@@ -132,10 +132,15 @@ class TrustAnchors:
     _by_subject: dict[x509.Name, tuple[x509.Certificate, ...]] = field(
         init=False, repr=False, compare=False
     )
+    # Summaries made once per load, keyed by object identity: the verifier hands back the very
+    # Certificate objects of the Store, so a verdict need not fingerprint or summarize its anchor.
+    _summaries: dict[int, CertSummary] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_store", Store(list(self.roots)) if self.roots else None)
-        fps = frozenset(c.fingerprint(hashes.SHA256()).hex() for c in self.roots)
+        summaries = {id(c): summarize(c, CertRole.ROOT, from_bundle=True) for c in self.roots}
+        object.__setattr__(self, "_summaries", summaries)
+        fps = frozenset(s.fingerprint_sha256 for s in summaries.values())
         object.__setattr__(self, "_fingerprints", fps)
         by_subject: dict[x509.Name, list[x509.Certificate]] = {}
         for root in self.roots:
@@ -223,6 +228,11 @@ class TrustAnchors:
 
     def fingerprints(self) -> frozenset[str]:
         return self._fingerprints
+
+    def summary_of(self, root: x509.Certificate) -> CertSummary:
+        """The summary of one of our roots (as the verifier returns it), from_bundle=True."""
+        found = self._summaries.get(id(root))
+        return found if found is not None else summarize(root, CertRole.ROOT, from_bundle=True)
 
     def issuers_named(self, name: x509.Name) -> tuple[x509.Certificate, ...]:
         """The roots whose subject is `name` (candidate issuers, signatures not checked)."""
@@ -384,20 +394,25 @@ def _judge(
         root = found.anchor if found.reason is Reason.TLS_EXPIRED else sent_root
         return report(found.reason, found.detail, root)
 
-    presented = {s.fingerprint_sha256: s for s in chain}
-    path_fps = [c.fingerprint(hashes.SHA256()).hex() for c in path]
-    anchor_summary = summarize(path[-1], CertRole.ROOT, from_bundle=path_fps[-1] not in presented)
-    on_path = set(path_fps)
+    # The verifier returns the objects it was given: presented ones, then one of our roots.
+    by_id = {id(c): s for c, s in zip(certs, chain, strict=True)}
+    anchor_summary = anchors.summary_of(path[-1])
+    if any(s.fingerprint_sha256 == anchor_summary.fingerprint_sha256 for s in chain):
+        anchor_summary = replace(anchor_summary, from_bundle=False)  # the server sent it too
+    path_summaries = [by_id.get(id(c)) or anchor_summary for c in path]
+    on_path = {s.fingerprint_sha256 for s in path_summaries}
     reported = tuple(
         s if s.fingerprint_sha256 in on_path else replace(s, extra=True) for s in chain
     )
-    for cert, fp in zip(path[1:], path_fps[1:], strict=True):
-        label = cert_label(presented.get(fp) or anchor_summary)
+    for index, (cert, summary) in enumerate(zip(path, path_summaries, strict=True)):
+        if index == 0:
+            continue  # the leaf: judged above
+        label = cert_label(summary)
         malformed = extension_error(cert)  # the verifier's own parser is more lenient than ours
         if malformed is not None:
             problems.append(f"{label} has malformed extensions: {malformed}")
             continue
-        problems += issuer_problems(cert, label, anchor=fp == path_fps[-1])
+        problems += issuer_problems(cert, label, anchor=index == len(path) - 1)
     if problems:
         return report(Reason.TLS_UNTRUSTED, "; ".join(problems), anchor_summary, reported)
     problem = identity_problem(

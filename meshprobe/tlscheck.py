@@ -244,22 +244,19 @@ def _parse(
 ) -> tuple[list[x509.Certificate], list[CertSummary], str | None]:
     certs: list[x509.Certificate] = []
     summaries: list[CertSummary] = []
-    with warnings.catch_warnings():
-        # A non-positive serial is judged by policy (on the leaf), not warned about per probe.
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        for index, der in enumerate(chain_der):
-            try:
-                cert = x509.load_der_x509_certificate(bytes(der))
-                if index == 0:
-                    role = CertRole.LEAF
-                else:
-                    role = CertRole.ROOT if self_signed(cert) else CertRole.INTERMEDIATE
-                summary = summarize(cert, role)
-            except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-                detail = f"certificate #{index} in the presented chain is unparseable: {exc}"
-                return certs, summaries, detail
-            certs.append(cert)
-            summaries.append(summary)
+    for index, der in enumerate(chain_der):
+        try:
+            cert = x509.load_der_x509_certificate(bytes(der))
+            if index == 0:
+                role = CertRole.LEAF
+            else:
+                role = CertRole.ROOT if self_signed(cert) else CertRole.INTERMEDIATE
+            summary = summarize(cert, role)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            detail = f"certificate #{index} in the presented chain is unparseable: {exc}"
+            return certs, summaries, detail
+        certs.append(cert)
+        summaries.append(summary)
     return certs, summaries, None
 
 
@@ -307,36 +304,40 @@ def assess_chain(
 
     if not chain_der:
         return report(Reason.TLS_UNTRUSTED, "server presented no certificate")
-    certs, summaries, error = _parse(chain_der)
-    identity = identity_of(certs[0] if certs else None, summaries[0] if summaries else None)
-    if error is not None:
-        return report(Reason.TLS_UNTRUSTED, error, tuple(summaries), identity=identity)
-    chain = tuple(summaries)
-    sent_root = next((s for s in chain if s.role is CertRole.ROOT), None)
-    if sent_root is None and self_signed(certs[0]):
-        sent_root = summarize(certs[0], CertRole.ROOT)
     try:
         with warnings.catch_warnings():
-            # cryptography warns, on access, about a non-positive serial: a rule of ours
-            # judges it on the leaf, and a warning per probe would only flood the log.
+            # cryptography warns, on load and on access, about a non-positive serial: a rule of
+            # ours judges it on the leaf, and a warning per probe would only flood the log.
             warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-            return _judge(
-                certs,
-                chain,
-                anchors=anchors,
-                at=at,
-                sent_root=sent_root,
-                identity=identity,
-                server_name=server_name,
-                expected_identity=expected_identity,
-                trust_domain=trust_domain,
-                trust_domain_aliases=trust_domain_aliases,
-                version=version,
-                cipher=cipher,
-            )
-    except Exception as exc:  # a verdict for every input, even one that trips a bug of ours
-        detail = f"the presented chain could not be judged: {type(exc).__name__}: {exc}"
-        return report(Reason.TLS_UNTRUSTED, detail, chain, sent_root, identity)
+            certs, summaries, error = _parse(chain_der)
+            identity = identity_of(certs[0] if certs else None, summaries[0] if summaries else None)
+            if error is not None:
+                return report(Reason.TLS_UNTRUSTED, error, tuple(summaries), identity=identity)
+            chain = tuple(summaries)
+            sent_root = next((s for s in chain if s.role is CertRole.ROOT), None)
+            if sent_root is None and self_signed(certs[0]):
+                sent_root = summarize(certs[0], CertRole.ROOT)
+            try:
+                return _judge(
+                    certs,
+                    chain,
+                    anchors=anchors,
+                    at=at,
+                    sent_root=sent_root,
+                    identity=identity,
+                    server_name=server_name,
+                    expected_identity=expected_identity,
+                    trust_domain=trust_domain,
+                    trust_domain_aliases=trust_domain_aliases,
+                    version=version,
+                    cipher=cipher,
+                )
+            except Exception as exc:  # a verdict for every input, even one that trips a bug
+                detail = f"the presented chain could not be judged: {type(exc).__name__}: {exc}"
+                return report(Reason.TLS_UNTRUSTED, detail, chain, sent_root, identity)
+    except Exception as exc:  # the same, before the chain could even be summarized
+        detail = f"the presented chain could not be read: {type(exc).__name__}: {exc}"
+        return report(Reason.TLS_UNTRUSTED, detail)
 
 
 def _judge(

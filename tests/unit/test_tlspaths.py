@@ -144,3 +144,15 @@ def test_a_bug_in_judging_is_still_a_verdict(
     assert rep.reason is Reason.TLS_UNTRUSTED
     assert rep.detail.startswith("the presented chain could not be judged: KeyError")
     assert len(rep.chain) == 2 and rep.identity == "web.example"
+
+
+def test_a_bug_in_reading_the_chain_is_still_a_verdict(
+    inter: pki.Issued, anchors: TrustAnchors, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr("meshprobe.tlscheck.summarize", broken)
+    rep = assess_chain(der(certkit.leaf(inter), inter), anchors=anchors, server_name=None)
+    assert rep.reason is Reason.TLS_UNTRUSTED
+    assert rep.detail == "the presented chain could not be read: RuntimeError: bug"

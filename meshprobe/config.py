@@ -52,6 +52,7 @@ from meshprobe.config_types import (
     HttpStatus,
     LabelText,
     NonEmpty,
+    TrustDomain,
     parse_byte_size,
     split_host_port,
     split_url,
@@ -110,14 +111,10 @@ class Trust(_Frozen):
     # that with the PEM's own errors.
     bundle_file: NonEmpty | None = None
     configmap: TrustConfigMap | None = None  # watched through the Kubernetes API instead
-    trust_domain: NonEmpty = "cluster.local"
-
-    @field_validator("trust_domain")
-    @classmethod
-    def _domain(cls, value: str) -> str:
-        if any(c in value for c in "/: \t"):
-            raise ValueError(f"invalid trust domain {value!r}: a bare name like cluster.local")
-        return value
+    trust_domain: TrustDomain = "cluster.local"
+    # More trust domains whose SPIFFE IDs are ours: Istio trust-domain aliases, or a mesh in the
+    # middle of a migration from one trust domain (or root) to another.
+    trust_domain_aliases: list[TrustDomain] = []
 
     @model_validator(mode="after")
     def _one_source(self) -> Trust:
@@ -125,6 +122,22 @@ class Trust(_Frozen):
             reason = "bundle_file and configmap are two sources for one bundle: choose one"
             raise_cross_field([(("configmap",), reason)])
         return self
+
+    @model_validator(mode="after")
+    def _distinct_domains(self) -> Trust:
+        seen = {self.trust_domain.lower(): "trust_domain"}
+        issues: list[tuple[Loc, str]] = []
+        for index, alias in enumerate(self.trust_domain_aliases):
+            first = seen.setdefault(alias.lower(), f"trust_domain_aliases.{index}")
+            if first != f"trust_domain_aliases.{index}":
+                issues.append((("trust_domain_aliases", index), f"{alias!r} repeats {first}"))
+        if issues:
+            raise_cross_field(issues)
+        return self
+
+    def accepted_aliases(self) -> frozenset[str]:
+        """The aliases as `assess_chain(trust_domain_aliases=...)` takes them."""
+        return frozenset(a.lower() for a in self.trust_domain_aliases)
 
 
 class TLSSpec(_Frozen):
@@ -405,8 +418,14 @@ def summarize(settings: Settings) -> str:
     return (
         f"config OK: cluster {settings.cluster}, listen {settings.listen}, "
         f"{_plural(len(targets), 'target')} ({local} local, {len(targets) - local} remote), "
-        f"{_plural(peers, 'peer')}, {bundle} (domain {trust.trust_domain})"
+        f"{_plural(peers, 'peer')}, {bundle} (domain {_domains(trust)})"
     )
+
+
+def _domains(trust: Trust) -> str:
+    if not trust.trust_domain_aliases:
+        return trust.trust_domain
+    return f"{trust.trust_domain}, aliases {', '.join(trust.trust_domain_aliases)}"
 
 
 def _plural(count: int, noun: str) -> str:

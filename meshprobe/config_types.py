@@ -97,6 +97,12 @@ def _label_text(value: str) -> str:
     return value
 
 
+def _trust_domain(value: str) -> str:
+    if any(c in value for c in "/: \t"):
+        raise ValueError(f"invalid trust domain {value!r}: a bare name like cluster.local")
+    return value
+
+
 def _http_status(value: int) -> int:
     if not 100 <= value <= 599:
         raise ValueError(f"HTTP status {value} is out of range (expected 100..599)")
@@ -109,6 +115,7 @@ ClusterName = Annotated[str, AfterValidator(_dns_label)]
 Namespace = Annotated[str, AfterValidator(_namespace)]
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
 LabelText = Annotated[str, AfterValidator(_label_text)]
+TrustDomain = Annotated[str, AfterValidator(_non_empty), AfterValidator(_trust_domain)]
 HttpStatus = Annotated[int, AfterValidator(_http_status)]
 
 

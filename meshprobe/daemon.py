@@ -106,6 +106,7 @@ class Daemon:
             anchors=bundle if bundle is not None else TrustAnchors.system(),
             trust_domain=settings.trust.trust_domain,
         )
+        self._env.trust_domain_aliases = settings.trust.accepted_aliases()
         env = self._env
         self._scheduler = Scheduler(
             run=lambda target: run_probe(target, env),
@@ -185,6 +186,7 @@ class Daemon:
         self.settings = new
         if self._env is not None:
             self._env.trust_domain = new.trust.trust_domain
+            self._env.trust_domain_aliases = new.trust.accepted_aliases()
         if new.trust.configmap is None:  # else the ConfigMap watch keeps providing the roots
             self._adopt_bundle(bundle)
         self._watch_bundle(new, bundle)

@@ -175,3 +175,8 @@ class MeshprobeCollector(Collector):
                 "When the trust bundle's current roots were loaded.",
                 status.bundle_reload_timestamp,
             )
+            yield self._gauge(
+                m.TRUST_BUNDLE_SKIPPED_ROOTS,
+                "Certificates of the trust bundle skipped as unusable roots (logged once a load).",
+                float(status.bundle.skipped),
+            )

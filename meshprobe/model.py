@@ -181,6 +181,9 @@ class CertSummary:
     uris: tuple[str, ...] = ()
     ip_addresses: tuple[str, ...] = ()
     from_bundle: bool = False  # the root came from our bundle, not from the server
+    # Presented by the server but not on the path that verified (e.g. an old cross-certificate
+    # during a root migration): reported, never judged, and left out of expiry metrics.
+    extra: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,9 +200,10 @@ class TLSReport:
     cipher: str | None = None
 
     def earliest_expiry(self) -> dict[CertRole, float]:
-        """Earliest not_after per role over the presented chain plus the anchoring root."""
+        """Earliest not_after per role over the presented chain plus the anchoring root; extra
+        certificates off the verified path do not count (their expiry breaks nothing)."""
         out: dict[CertRole, float] = {}
-        certs = list(self.chain)
+        certs = [c for c in self.chain if not c.extra]
         if self.root is not None and all(
             c.fingerprint_sha256 != self.root.fingerprint_sha256 for c in certs
         ):

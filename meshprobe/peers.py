@@ -118,6 +118,7 @@ async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
             anchors=env.anchors,
             server_name=parts.hostname,
             trust_domain=env.trust_domain,
+            trust_domain_aliases=env.trust_domain_aliases,
         )
         ssl_arg = recording_context(recorder, alpn=["http/1.1"])
     try:

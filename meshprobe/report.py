@@ -20,6 +20,8 @@ def _when(ts: float, now: float) -> str:
 
 def _cert_lines(cert: CertSummary, now: float) -> list[str]:
     origin = " [from our trust bundle]" if cert.from_bundle else ""
+    if cert.extra:
+        origin = " [sent but not on the verified path: ignored]"
     lines = [
         f"  {cert.role.value}{origin}",
         f"    subject:  {cert.subject or '(empty)'}",

@@ -5,45 +5,41 @@ report; the verdict is then reached here, in one place, with `cryptography.x509.
 (blackbox_exporter's tls.go plays the same role with Go's x509). Doing it ourselves lets us say
 *why* a chain fails in a closed set of reasons (untrusted, expired, identity) instead of parsing
 OpenSSL error strings, and lets us accept mesh workload certificates that carry only a SPIFFE URI.
+
+The verifier builds the path and judges validity on that path only: a server may send extra
+certificates (an old cross-certificate during a root migration) that are reported, never failed
+on. When no path verifies, `tlsdiagnose` names the cause. Per-certificate rules (keys, usages)
+live in `tlspolicy`, name and SPIFFE matching in `tlsnames`.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import ssl
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import structlog
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.utils import CryptographyDeprecationWarning
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from cryptography.x509.verification import (
-    Criticality,
-    ExtensionPolicy,
-    Policy,
-    PolicyBuilder,
-    Store,
-)
+from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshprobe.model import CertRole, CertSummary, Reason, TLSReport
+from meshprobe.tlsdiagnose import diagnose, extension_error, self_signed, window_problem
+from meshprobe.tlsnames import identity_of, identity_problem, summarize
+from meshprobe.tlspolicy import CA_POLICY, EE_POLICY, cert_label, issuer_problems, leaf_problems
 
-__all__ = ["TrustAnchors", "assess_chain", "load_pem_bundle", "summarize"]
+__all__ = ["SkippedRoot", "TrustAnchors", "assess_chain", "load_pem_bundle", "summarize"]
+
+log = structlog.get_logger(__name__)
 
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 _PEM_END = b"-----END CERTIFICATE-----"
 _SYSTEM_FALLBACK = "/etc/ssl/certs/ca-certificates.crt"
-_TLS_EKUS = frozenset(
-    {
-        ExtendedKeyUsageOID.SERVER_AUTH,
-        ExtendedKeyUsageOID.CLIENT_AUTH,
-        ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
-    }
-)
 
 
 def load_pem_bundle(data: bytes, *, source: str = "bundle") -> list[x509.Certificate]:
@@ -73,32 +69,71 @@ def _pem_blocks(data: bytes) -> Iterable[bytes]:
         start = data.find(_PEM_BEGIN, end)
 
 
-def _general_names(cert: x509.Certificate) -> tuple[list[str], list[str], list[str]]:
+@dataclass(frozen=True, slots=True)
+class SkippedRoot:
+    """A bundle certificate we could not use as an anchor, and why (public data only)."""
+
+    subject: str
+    fingerprint_sha256: str
+    reason: str
+
+
+def _unusable(cert: x509.Certificate) -> str | None:
+    """Why a parsed certificate cannot anchor anything; the verifier would raise on it later."""
     try:
-        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        _ = cert.extensions  # parses every extension: duplicates, bad name constraints, bad AKI
+    except Exception as exc:
+        return f"extensions cannot be parsed: {exc}"
+    try:
+        cert.public_key()
+    except (ValueError, UnsupportedAlgorithm) as exc:
+        return f"public key cannot be loaded: {exc}"
+    try:
+        cert.subject.rfc4514_string()
+    except ValueError as exc:
+        return f"subject cannot be read: {exc}"
+    return _self_inconsistent(cert)
+
+
+def _self_inconsistent(cert: x509.Certificate) -> str | None:
+    """A self-signed root whose authorityKeyIdentifier names another key than its own: broken
+    issuance (RFC 5280 4.2.1.1), never a rollover (a rollover cross-certificate is not
+    self-signed). The cheap checks come first; the signature is verified only on a mismatch."""
+    if cert.issuer != cert.subject:
+        return None
+    try:
+        aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
+        ski = cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     except x509.ExtensionNotFound:
-        return [], [], []
-    dns = [str(n) for n in san.get_values_for_type(x509.DNSName)]
-    uris = [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)]
-    ips = [str(ip) for ip in san.get_values_for_type(x509.IPAddress)]
-    return dns, uris, ips
-
-
-def summarize(cert: x509.Certificate, role: CertRole, *, from_bundle: bool = False) -> CertSummary:
-    """Reduce a certificate to the public facts we export and print."""
-    dns, uris, ips = _general_names(cert)
-    return CertSummary(
-        subject=cert.subject.rfc4514_string(),
-        issuer=cert.issuer.rfc4514_string(),
-        not_before=cert.not_valid_before_utc.timestamp(),
-        not_after=cert.not_valid_after_utc.timestamp(),
-        fingerprint_sha256=cert.fingerprint(hashes.SHA256()).hex(),
-        role=role,
-        dns_names=tuple(dns),
-        uris=tuple(uris),
-        ip_addresses=tuple(ips),
-        from_bundle=from_bundle,
+        return None
+    if aki.key_identifier is None or aki.key_identifier == ski.digest or not self_signed(cert):
+        return None
+    return (
+        "self-signed, but its authorityKeyIdentifier does not match its own "
+        "subjectKeyIdentifier (RFC 5280 4.2.1.1)"
     )
+
+
+def _sort_usable(
+    certs: Iterable[x509.Certificate],
+) -> tuple[dict[bytes, x509.Certificate], list[SkippedRoot]]:
+    """Usable certificates by fingerprint (duplicates dropped) and the skipped ones."""
+    unique: dict[bytes, x509.Certificate] = {}
+    skipped: list[SkippedRoot] = []
+    for cert in certs:
+        fp = cert.fingerprint(hashes.SHA256())
+        if fp in unique or any(s.fingerprint_sha256 == fp.hex() for s in skipped):
+            continue
+        reason = _unusable(cert)
+        if reason is None:
+            unique[fp] = cert
+            continue
+        try:
+            subject = cert.subject.rfc4514_string()
+        except ValueError:
+            subject = "(unreadable subject)"
+        skipped.append(SkippedRoot(subject, fp.hex(), reason))
+    return unique, skipped
 
 
 @dataclass(frozen=True)
@@ -107,24 +142,68 @@ class TrustAnchors:
 
     Building the Store parses and indexes every root; doing that per probe would dominate the cost
     of a verification, so probes share one immutable instance and a reload swaps it wholesale.
+    `skipped_roots` are bundle certificates that parsed as PEM but cannot be used (hostile or
+    malformed extensions); the loaders leave them out, log them once, and keep the rest.
     """
 
     roots: tuple[x509.Certificate, ...]
     source: str
+    skipped_roots: tuple[SkippedRoot, ...] = ()
     _store: Store | None = field(init=False, repr=False, compare=False)
     _fingerprints: frozenset[str] = field(init=False, repr=False, compare=False)
+    _by_subject: dict[x509.Name, tuple[x509.Certificate, ...]] = field(
+        init=False, repr=False, compare=False
+    )
+    # Summaries made once per load, keyed by object identity: the verifier hands back the very
+    # Certificate objects of the Store, so a verdict need not fingerprint or summarize its anchor.
+    _summaries: dict[int, CertSummary] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_store", Store(list(self.roots)) if self.roots else None)
-        fps = frozenset(c.fingerprint(hashes.SHA256()).hex() for c in self.roots)
+        summaries = {id(c): summarize(c, CertRole.ROOT, from_bundle=True) for c in self.roots}
+        object.__setattr__(self, "_summaries", summaries)
+        fps = frozenset(s.fingerprint_sha256 for s in summaries.values())
         object.__setattr__(self, "_fingerprints", fps)
+        by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+        for root in self.roots:
+            by_subject.setdefault(root.subject, []).append(root)
+        index = {name: tuple(certs) for name, certs in by_subject.items()}
+        object.__setattr__(self, "_by_subject", index)
+
+    @property
+    def skipped(self) -> int:
+        """How many bundle certificates were left out (for a metric)."""
+        return len(self.skipped_roots)
+
+    @classmethod
+    def usable(cls, certs: Iterable[x509.Certificate], *, source: str) -> TrustAnchors:
+        """Anchors from parsed certificates: duplicates dropped, unusable ones skipped and logged
+        in one warning. Never raises on a certificate's content."""
+        with warnings.catch_warnings():
+            # Old roots with non-positive serials still anchor real chains (the OS bundle has
+            # some): cryptography warns on parsing them, and stderr is not the place.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            unique, skipped = _sort_usable(certs)
+        if skipped:
+            log.warning(
+                "trust bundle certificates skipped",
+                source=source,
+                skipped=len(skipped),
+                kept=len(unique),
+                certificates=[
+                    f"{s.subject} ({s.fingerprint_sha256[:16]}): {s.reason}" for s in skipped
+                ],
+            )
+        return cls(tuple(unique.values()), source, tuple(skipped))
 
     @classmethod
     def from_pem(cls, data: bytes, *, source: str) -> TrustAnchors:
-        unique: dict[bytes, x509.Certificate] = {}
-        for cert in load_pem_bundle(data, source=source):
-            unique.setdefault(cert.fingerprint(hashes.SHA256()), cert)
-        return cls(tuple(unique.values()), source)
+        """A bundle from PEM: unparseable PEM, or no usable certificate at all, is an error."""
+        anchors = cls.usable(load_pem_bundle(data, source=source), source=source)
+        if not anchors.roots:
+            reasons = "; ".join(f"{s.subject}: {s.reason}" for s in anchors.skipped_roots)
+            raise ValueError(f"{source}: no usable certificate ({reasons})")
+        return anchors
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrustAnchors:
@@ -147,162 +226,60 @@ class TrustAnchors:
                 data = Path(candidate).read_bytes()
             except OSError:
                 continue
-            certs: dict[bytes, x509.Certificate] = {}
+            certs: list[x509.Certificate] = []
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", CryptographyDeprecationWarning)
                 for block in _pem_blocks(data):
                     try:
-                        cert = x509.load_pem_x509_certificate(block)
+                        certs.append(x509.load_pem_x509_certificate(block))
                     except ValueError:
                         continue
-                    certs.setdefault(cert.fingerprint(hashes.SHA256()), cert)
             if certs:
-                return cls(tuple(certs.values()), f"system:{candidate}")
+                return cls.usable(certs, source=f"system:{candidate}")
         return cls((), "system:none")
 
     def fingerprints(self) -> frozenset[str]:
         return self._fingerprints
 
+    def summary_of(self, root: x509.Certificate) -> CertSummary:
+        """The summary of one of our roots (as the verifier returns it), from_bundle=True."""
+        found = self._summaries.get(id(root))
+        return found if found is not None else summarize(root, CertRole.ROOT, from_bundle=True)
 
-def _eku_permits_tls(
-    _policy: Policy, _cert: x509.Certificate, ext: x509.ExtendedKeyUsage | None
-) -> None:
-    # No EKU at all means any usage (RFC 5280 4.2.1.12).
-    if ext is not None and _TLS_EKUS.isdisjoint(ext):
-        raise ValueError("extendedKeyUsage permits neither serverAuth nor clientAuth")
-
-
-# Why a client verifier with adjusted extension policies:
-# - `build_server_verifier` needs a DNS/IP subject to match, and an Istio/Linkerd workload leaf has
-#   only a `spiffe://` URI SAN, so it can never pass; identity is checked by us afterwards instead.
-# - `build_client_verifier` does not match a subject, but its webpki defaults demand the clientAuth
-#   EKU, which rejects ordinary web servers (serverAuth only). So the EE policy accepts serverAuth,
-#   clientAuth, anyExtendedKeyUsage or no EKU, and tolerates a missing SAN or AKI (SPIFFE leaves
-#   and older servers vary). Everything else in the webpki EE defaults stays, notably that a leaf
-#   must not assert basicConstraints.cA.
-# - The CA policy stays webpki's (cA asserted, keyCertSign, path length, ...), so a leaf cannot
-#   act as an issuer; only its EKU check is widened the same way, because web intermediates often
-#   carry serverAuth alone.
-_EE_POLICY = (
-    ExtensionPolicy.webpki_defaults_ee()
-    .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_permits_tls)
-    .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-    .may_be_present(x509.AuthorityKeyIdentifier, Criticality.AGNOSTIC, None)
-)
-_CA_POLICY = ExtensionPolicy.webpki_defaults_ca().may_be_present(
-    x509.ExtendedKeyUsage, Criticality.AGNOSTIC, _eku_permits_tls
-)
+    def issuers_named(self, name: x509.Name) -> tuple[x509.Certificate, ...]:
+        """The roots whose subject is `name` (candidate issuers, signatures not checked)."""
+        return self._by_subject.get(name, ())
 
 
-def _self_signed(cert: x509.Certificate) -> bool:
-    if cert.issuer != cert.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(cert)
-    except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-        return False
-    return True
-
-
-def _label(s: CertSummary) -> str:
-    name = s.subject or next(iter(s.uris + s.dns_names + s.ip_addresses), "") or "(empty subject)"
-    return f"{s.role.value} {name!r}"
-
-
-def _window_problem(s: CertSummary, ts: float) -> str | None:
-    if ts > s.not_after:
-        return f"{_label(s)} expired at {_iso(s.not_after)}"
-    if ts < s.not_before:
-        return f"{_label(s)} not valid before {_iso(s.not_before)}"
-    return None
-
-
-def _iso(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _dns_match(pattern: str, name: str) -> bool:
-    p = pattern.lower().rstrip(".")
-    n = name.lower().rstrip(".")
-    if p.startswith("*."):
-        suffix = p[1:]  # ".example.com"; a wildcard covers exactly one label, never a bare TLD
-        head = n[: -len(suffix)]
-        return suffix.count(".") >= 2 and n.endswith(suffix) and bool(head) and "." not in head
-    return p == n
-
-
-def _name_matches(name: str, leaf: CertSummary) -> bool:
-    try:
-        ip = ipaddress.ip_address(name.strip("[]"))
-    except ValueError:
-        return any(_dns_match(d, name) for d in leaf.dns_names)
-    return any(ipaddress.ip_address(a) == ip for a in leaf.ip_addresses)
-
-
-def _spiffe_ids(leaf: CertSummary) -> list[str]:
-    return [u for u in leaf.uris if u.lower().startswith("spiffe://")]
-
-
-def _trust_domain(spiffe_id: str) -> str:
-    return spiffe_id[len("spiffe://") :].split("/", 1)[0].lower()
-
-
-def _identity_problem(
-    leaf: CertSummary,
-    server_name: str | None,
-    expected_identity: str | None,
-    trust_domain: str | None,
-) -> str | None:
-    spiffe = _spiffe_ids(leaf)
-    if expected_identity is not None:
-        if expected_identity.lower().startswith("spiffe://"):
-            if expected_identity not in spiffe:
-                return f"expected {expected_identity}, leaf has URI SANs {list(leaf.uris)}"
-        elif not _name_matches(expected_identity, leaf):
-            return (
-                f"expected {expected_identity}, leaf has DNS SANs {list(leaf.dns_names)} "
-                f"and IP SANs {list(leaf.ip_addresses)}"
-            )
-    elif (
-        server_name
-        and (leaf.dns_names or leaf.ip_addresses)
-        and not _name_matches(server_name, leaf)
-    ):
-        return (
-            f"server name {server_name} not in leaf DNS SANs {list(leaf.dns_names)} "
-            f"or IP SANs {list(leaf.ip_addresses)}"
-        )
-    if trust_domain is not None:
-        want = trust_domain.lower()
-        foreign = [s for s in spiffe if _trust_domain(s) != want]
-        if foreign:
-            return f"leaf SPIFFE ID {foreign[0]} is outside trust domain {trust_domain}"
-    return None
-
-
-def _identity_of(leaf: x509.Certificate | None, summary: CertSummary | None) -> str | None:
-    if leaf is None or summary is None:
-        return None
-    spiffe = _spiffe_ids(summary)
-    if spiffe:
-        return spiffe[0]
-    if summary.dns_names:
-        return summary.dns_names[0]
-    cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-    return str(cns[0].value) if cns else None
-
-
-def _anchors_for(cert: x509.Certificate, anchors: TrustAnchors) -> list[x509.Certificate]:
-    found = []
-    for root in anchors.roots:
-        if root.subject != cert.issuer:
-            continue
+def _parse(
+    chain_der: Sequence[bytes],
+) -> tuple[list[x509.Certificate], list[CertSummary], str | None]:
+    certs: list[x509.Certificate] = []
+    summaries: list[CertSummary] = []
+    for index, der in enumerate(chain_der):
         try:
-            cert.verify_directly_issued_by(root)
-        except (ValueError, TypeError, InvalidSignature, UnsupportedAlgorithm):
-            continue
-        found.append(root)
-    return found
+            cert = x509.load_der_x509_certificate(bytes(der))
+            if index == 0:
+                role = CertRole.LEAF
+            else:
+                role = CertRole.ROOT if self_signed(cert) else CertRole.INTERMEDIATE
+            summary = summarize(cert, role)
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+            detail = f"certificate #{index} in the presented chain is unparseable: {exc}"
+            return certs, summaries, detail
+        certs.append(cert)
+        summaries.append(summary)
+    return certs, summaries, None
+
+
+def _ignored_note(extras: Sequence[CertSummary], at: datetime) -> str:
+    if not extras:
+        return ""
+    notes = []
+    for s in extras:
+        problem = window_problem(s, at)
+        notes.append(problem if problem is not None else cert_label(s))
+    return f" (ignored, not on the verified path: {'; '.join(notes)})"
 
 
 def assess_chain(
@@ -312,15 +289,17 @@ def assess_chain(
     server_name: str | None,
     expected_identity: str | None = None,
     trust_domain: str | None = None,
+    trust_domain_aliases: frozenset[str] = frozenset(),
     now: datetime | None = None,
     version: str | None = None,
     cipher: str | None = None,
 ) -> TLSReport:
     """Judge a chain as presented by a server (leaf first); never raises on hostile input.
 
-    Reasons are checked in a fixed order so each failure has one stable label: expired before
-    untrusted (an expired cert is the more actionable cause), untrusted before identity (a name
-    in an untrusted cert proves nothing).
+    Reasons are checked in a fixed order so each failure has one stable label: a credential that
+    is not acceptable (untrusted, or expired on the only path there is) before identity (a name in
+    an untrusted cert proves nothing). SPIFFE IDs in `trust_domain` or any of
+    `trust_domain_aliases` are ours.
     """
     at = now if now is not None else datetime.now(UTC)
     if at.tzinfo is None:
@@ -337,86 +316,127 @@ def assess_chain(
 
     if not chain_der:
         return report(Reason.TLS_UNTRUSTED, "server presented no certificate")
+    try:
+        with warnings.catch_warnings():
+            # cryptography warns, on load and on access, about a non-positive serial: a rule of
+            # ours judges it on the leaf, and a warning per probe would only flood the log.
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            certs, summaries, error = _parse(chain_der)
+            identity = identity_of(certs[0] if certs else None, summaries[0] if summaries else None)
+            if error is not None:
+                return report(Reason.TLS_UNTRUSTED, error, tuple(summaries), identity=identity)
+            chain = tuple(summaries)
+            sent_root = next((s for s in chain if s.role is CertRole.ROOT), None)
+            if sent_root is None and self_signed(certs[0]):
+                sent_root = summarize(certs[0], CertRole.ROOT)
+            try:
+                return _judge(
+                    certs,
+                    chain,
+                    anchors=anchors,
+                    at=at,
+                    sent_root=sent_root,
+                    identity=identity,
+                    server_name=server_name,
+                    expected_identity=expected_identity,
+                    trust_domain=trust_domain,
+                    trust_domain_aliases=trust_domain_aliases,
+                    version=version,
+                    cipher=cipher,
+                )
+            except Exception as exc:  # a verdict for every input, even one that trips a bug
+                detail = f"the presented chain could not be judged: {type(exc).__name__}: {exc}"
+                return report(Reason.TLS_UNTRUSTED, detail, chain, sent_root, identity)
+    except Exception as exc:  # the same, before the chain could even be summarized
+        detail = f"the presented chain could not be read: {type(exc).__name__}: {exc}"
+        return report(Reason.TLS_UNTRUSTED, detail)
 
-    certs: list[x509.Certificate] = []
-    summaries: list[CertSummary] = []
-    for index, der in enumerate(chain_der):
-        try:
-            cert = x509.load_der_x509_certificate(bytes(der))
-            if index == 0:
-                role = CertRole.LEAF
-            else:
-                role = CertRole.ROOT if _self_signed(cert) else CertRole.INTERMEDIATE
-            summary = summarize(cert, role)
-        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-            return report(
-                Reason.TLS_UNTRUSTED,
-                f"certificate #{index} in the presented chain is unparseable: {exc}",
-                tuple(summaries),
-                identity=_identity_of(
-                    certs[0] if certs else None, summaries[0] if summaries else None
-                ),
-            )
-        certs.append(cert)
-        summaries.append(summary)
 
-    chain = tuple(summaries)
-    leaf, leaf_summary = certs[0], summaries[0]
-    identity = _identity_of(leaf, leaf_summary)
-    presented_fps = {s.fingerprint_sha256 for s in chain}
-    sent_root = next((s for s in chain if s.role is CertRole.ROOT), None)
-    if sent_root is None and _self_signed(leaf):
-        sent_root = summarize(leaf, CertRole.ROOT)
+def _judge(
+    certs: list[x509.Certificate],
+    chain: tuple[CertSummary, ...],
+    *,
+    anchors: TrustAnchors,
+    at: datetime,
+    sent_root: CertSummary | None,
+    identity: str | None,
+    server_name: str | None,
+    expected_identity: str | None,
+    trust_domain: str | None,
+    trust_domain_aliases: frozenset[str],
+    version: str | None,
+    cipher: str | None,
+) -> TLSReport:
+    def report(
+        reason: Reason | None,
+        detail: str,
+        root: CertSummary | None,
+        reported: tuple[CertSummary, ...] = chain,
+    ) -> TLSReport:
+        return TLSReport(reason is None, reason, detail, reported, root, identity, version, cipher)
 
-    ts = at.timestamp()
-    problems = [p for p in (_window_problem(s, ts) for s in chain) if p is not None]
-    if problems:
-        return report(Reason.TLS_EXPIRED, "; ".join(problems), chain, sent_root, identity)
+    leaf, leaf_label = certs[0], cert_label(chain[0])
+    malformed = extension_error(leaf)
+    if malformed is not None:
+        return report(
+            Reason.TLS_UNTRUSTED, f"{leaf_label} has malformed extensions: {malformed}", sent_root
+        )
+    problems = leaf_problems(leaf, chain[0], leaf_label)
 
     if anchors._store is None:
         detail = f"no trust anchors loaded from {anchors.source}"
-        return report(Reason.TLS_UNTRUSTED, detail, chain, sent_root, identity)
+        if anchors.skipped:
+            skipped = "; ".join(f"{s.subject!r}: {s.reason}" for s in anchors.skipped_roots[:3])
+            detail += f" (skipped at load as unusable: {skipped})"
+        return report(Reason.TLS_UNTRUSTED, "; ".join([*problems, detail]), sent_root)
 
     verifier = (
         PolicyBuilder()
         .store(anchors._store)
         .time(at)
-        .extension_policies(ca_policy=_CA_POLICY, ee_policy=_EE_POLICY)
+        .extension_policies(ca_policy=CA_POLICY, ee_policy=EE_POLICY)
         .build_client_verifier()
     )
     try:
-        verified = verifier.verify(leaf, certs[1:])
+        path = verifier.verify(leaf, certs[1:]).chain
     except Exception as exc:  # VerificationError, or anything odd in hostile input: a verdict
-        # The verifier reports an expired anchor as a generic failure; name it when that is why.
-        issuers = [
-            summarize(r, CertRole.ROOT, from_bundle=True)
-            for c in certs
-            for r in _anchors_for(c, anchors)
-        ]
-        lapsed = [(r, _window_problem(r, ts)) for r in issuers]
-        if issuers and all(problem is not None for _, problem in lapsed):
-            root, problem = lapsed[0]
-            detail = f"{problem} (trust bundle {anchors.source})"
-            return report(Reason.TLS_EXPIRED, detail, chain, root, identity)
-        detail = f"{exc} (trust bundle {anchors.source})"
-        if not issuers:  # the usual CA-drift case: say which issuer we do not know
-            top = next((s for s in reversed(chain) if s.role is not CertRole.ROOT), chain[0])
-            if top.role is CertRole.LEAF:  # only the leaf came: an intermediate is missing
-                detail = (
-                    f"chain incomplete: the server sent no issuer for {_label(top)} and "
-                    f"{top.issuer!r} is not in the trust bundle (missing intermediate?): {detail}"
-                )
-            else:
-                detail = f"issuer {top.issuer!r} of {_label(top)} not in trust bundle: {detail}"
-        return report(Reason.TLS_UNTRUSTED, detail, chain, sent_root, identity)
+        found = diagnose(certs, chain, anchors=anchors, at=at, error=exc)
+        if problems:  # the leaf is unacceptable whatever the path: say that first
+            detail = "; ".join(problems) + f"; and: {found.detail}"
+            return report(Reason.TLS_UNTRUSTED, detail, sent_root)
+        root = found.anchor if found.reason is Reason.TLS_EXPIRED else sent_root
+        return report(found.reason, found.detail, root)
 
-    anchor = verified.chain[-1]
-    anchor_summary = summarize(
-        anchor,
-        CertRole.ROOT,
-        from_bundle=anchor.fingerprint(hashes.SHA256()).hex() not in presented_fps,
+    # The verifier returns the objects it was given: presented ones, then one of our roots.
+    by_id = {id(c): s for c, s in zip(certs, chain, strict=True)}
+    anchor_summary = anchors.summary_of(path[-1])
+    if any(s.fingerprint_sha256 == anchor_summary.fingerprint_sha256 for s in chain):
+        anchor_summary = replace(anchor_summary, from_bundle=False)  # the server sent it too
+    path_summaries = [by_id.get(id(c)) or anchor_summary for c in path]
+    on_path = {s.fingerprint_sha256 for s in path_summaries}
+    reported = tuple(
+        s if s.fingerprint_sha256 in on_path else replace(s, extra=True) for s in chain
     )
-    problem = _identity_problem(leaf_summary, server_name, expected_identity, trust_domain)
+    for index, (cert, summary) in enumerate(zip(path, path_summaries, strict=True)):
+        if index == 0:
+            continue  # the leaf: judged above
+        label = cert_label(summary)
+        malformed = extension_error(cert)  # the verifier's own parser is more lenient than ours
+        if malformed is not None:
+            problems.append(f"{label} has malformed extensions: {malformed}")
+            continue
+        problems += issuer_problems(cert, label, anchor=index == len(path) - 1)
+    if problems:
+        return report(Reason.TLS_UNTRUSTED, "; ".join(problems), anchor_summary, reported)
+    problem = identity_problem(
+        chain[0],
+        leaf_label,
+        server_name=server_name,
+        expected_identity=expected_identity,
+        trust_domain=trust_domain,
+        trust_domain_aliases=trust_domain_aliases,
+    )
     if problem is not None:
-        return report(Reason.TLS_IDENTITY, problem, chain, anchor_summary, identity)
-    return report(None, "verified", chain, anchor_summary, identity)
+        return report(Reason.TLS_IDENTITY, problem, anchor_summary, reported)
+    extras = [s for s in reported if s.extra]
+    return report(None, "verified" + _ignored_note(extras, at), anchor_summary, reported)

@@ -64,6 +64,7 @@ class HandshakeRecorder:
     server_name: str | None
     expected_identity: str | None = None
     trust_domain: str | None = None
+    trust_domain_aliases: frozenset[str] = frozenset()  # more trust domains accepted as ours
     enforce: bool = True  # False for insecure_skip_verify: record the verdict, never fail on it
     started: float | None = None  # perf_counter at the first do_handshake call of the connection
     finished: float | None = None
@@ -120,6 +121,7 @@ class _RecordingSSLObject(ssl.SSLObject):
                 server_name=recorder.server_name,
                 expected_identity=recorder.expected_identity,
                 trust_domain=recorder.trust_domain,
+                trust_domain_aliases=recorder.trust_domain_aliases,
                 version=self.version(),
                 cipher=cipher[0] if cipher else None,
             )

@@ -5,6 +5,10 @@ building, signature checks) costs more CPU than the handshake's own cryptography
 depends only on the presented bytes, our expectations, the anchors and the clock, so it is reused
 for a short while: until `ttl` passes or the earliest NotAfter in the chain, whichever comes first.
 A new bundle is a new `TrustAnchors` object, so a trust reload never reuses an old verdict.
+
+Only future validity boundaries of the certificates that decide the verdict (the presented chain
+less the extras off the verified path, plus the anchoring root) end a reuse early: an expired
+extra certificate, or a chain that is already expired, must not turn every probe into a miss.
 """
 
 from __future__ import annotations
@@ -17,7 +21,18 @@ from dataclasses import dataclass
 from meshprobe.model import TLSReport
 from meshprobe.tlscheck import TrustAnchors, assess_chain
 
-_Key = tuple[tuple[bytes, ...], str | None, str | None, str | None, str | None, str | None]
+_Key = tuple[
+    tuple[bytes, ...], str | None, str | None, str | None, frozenset[str], str | None, str | None
+]
+
+
+def _boundaries(report: TLSReport, now: float) -> list[float]:
+    """The moments after `now` at which a certificate deciding the verdict starts or stops being
+    valid."""
+    certs = [c for c in report.chain if not c.extra]
+    if report.root is not None:
+        certs.append(report.root)
+    return [t for c in certs for t in (c.not_before, c.not_after) if t > now]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,12 +60,14 @@ class VerdictCache:
         trust_domain: str | None,
         version: str | None,
         cipher: str | None,
+        trust_domain_aliases: frozenset[str] = frozenset(),
     ) -> TLSReport:
         key: _Key = (
             tuple(chain_der),
             server_name,
             expected_identity,
             trust_domain,
+            trust_domain_aliases,
             version,
             cipher,
         )
@@ -67,10 +84,11 @@ class VerdictCache:
             server_name=server_name,
             expected_identity=expected_identity,
             trust_domain=trust_domain,
+            trust_domain_aliases=trust_domain_aliases,
             version=version,
             cipher=cipher,
         )
-        until = min([now + self._ttl, *(c.not_after for c in report.chain)])
+        until = min([now + self._ttl, *_boundaries(report, now)])
         self._entries[key] = _Entry(anchors, report, until)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:

@@ -176,6 +176,8 @@ class ProbeEnv:
     source_cluster: str
     anchors: TrustAnchors  # the default bundle; the daemon swaps it on a trust reload
     trust_domain: str | None
+    # Other trust domains accepted as ours (Istio trust-domain aliases, a mesh mid-migration).
+    trust_domain_aliases: frozenset[str] = frozenset()
     verdicts: VerdictCache = field(default_factory=VerdictCache, init=False, repr=False)
     _fresh: aiohttp.ClientSession | None = field(default=None, init=False, repr=False)
     _trace: aiohttp.TraceConfig | None = field(default=None, init=False, repr=False)

@@ -58,6 +58,7 @@ def refresh_recorder(recorder: HandshakeRecorder, target: Target, env: ProbeEnv)
     recorder.server_name = expected_name(target)
     recorder.expected_identity = target.tls.identity
     recorder.trust_domain = env.trust_domain
+    recorder.trust_domain_aliases = env.trust_domain_aliases
     recorder.enforce = not target.tls.insecure_skip_verify
     recorder.verdicts = env.verdicts
     recorder.new_attempt()

@@ -430,3 +430,55 @@ def test_load_from_mapping_ignores_process_environment(monkeypatch: pytest.Monke
     with pytest.raises(ConfigError) as info:
         load_settings_from_mapping({"cluster": "cli", "Targets": []})
     assert info.value.errors == [ConfigIssue("Targets", "unknown key")]
+
+
+def test_trust_domain_aliases(tmp_path: Path) -> None:
+    text = """
+        cluster: c1
+        trust:
+          trust_domain: cluster.local
+          trust_domain_aliases: [old-mesh.example, Other.Example]
+    """
+    settings = load_settings(write(tmp_path, text), environ={})
+    assert settings.trust.trust_domain_aliases == ["old-mesh.example", "Other.Example"]
+    assert settings.trust.accepted_aliases() == frozenset({"old-mesh.example", "other.example"})
+    assert summarize(settings).endswith(
+        "(domain cluster.local, aliases old-mesh.example, Other.Example)"
+    )
+    assert load_settings(write(tmp_path, "cluster: c1\n"), environ={}).trust.accepted_aliases() == (
+        frozenset()
+    )
+
+
+def test_trust_domain_aliases_from_env(tmp_path: Path) -> None:
+    environ = {"MESHPROBE_TRUST__TRUST_DOMAIN_ALIASES": '["a.example", "b.example"]'}
+    settings = load_settings(write(tmp_path, "cluster: c1\n"), environ=environ)
+    assert settings.trust.trust_domain_aliases == ["a.example", "b.example"]
+
+
+@pytest.mark.parametrize(
+    ("aliases", "path", "reason"),
+    [
+        ('["spiffe://x"]', "trust.trust_domain_aliases.0", "invalid trust domain 'spiffe://x'"),
+        ('["ok.example", "a b"]', "trust.trust_domain_aliases.1", "invalid trust domain 'a b'"),
+        ('[""]', "trust.trust_domain_aliases.0", "must not be empty"),
+        (
+            '["Cluster.Local"]',
+            "trust.trust_domain_aliases.0",
+            "'Cluster.Local' repeats trust_domain",
+        ),
+        (
+            '["x.example", "X.example"]',
+            "trust.trust_domain_aliases.1",
+            "'X.example' repeats trust_domain_aliases.0",
+        ),
+        ('"x.example"', "trust.trust_domain_aliases", "should be a valid list"),
+    ],
+)
+def test_trust_domain_aliases_are_validated(
+    tmp_path: Path, aliases: str, path: str, reason: str
+) -> None:
+    text = f"cluster: c1\ntrust: {{trust_domain: cluster.local, trust_domain_aliases: {aliases}}}\n"
+    issues = issues_of(write(tmp_path, text))
+    assert list(issues) == [path], issues
+    assert reason in issues[path]

@@ -1,0 +1,158 @@
+"""Names come from the subjectAltName only; SPIFFE IDs from any accepted trust domain are ours."""
+
+from __future__ import annotations
+
+import pytest
+
+from meshprobe import pki
+from meshprobe.model import Reason
+from meshprobe.tlscheck import TrustAnchors, assess_chain
+from meshprobe.verdictcache import VerdictCache
+from tests import certkit
+from tests.certkit import der
+
+OURS = "spiffe://cluster.local/ns/mesh/sa/echo"
+ALIAS = "spiffe://old-mesh.example/ns/mesh/sa/echo"
+FOREIGN = "spiffe://elsewhere.example/ns/mesh/sa/echo"
+
+
+@pytest.fixture(scope="module")
+def inter() -> pki.Issued:
+    return pki.make_intermediate(pki.make_root("mesh root"), "cluster1 intermediate")
+
+
+@pytest.fixture(scope="module")
+def anchors(inter: pki.Issued) -> TrustAnchors:
+    return TrustAnchors((inter.cert,), "intermediate as anchor")
+
+
+# -- a leaf without SANs ------------------------------------------------------------------------
+
+
+def test_san_less_leaf_does_not_match_a_server_name_via_its_cn(
+    inter: pki.Issued, anchors: TrustAnchors
+) -> None:
+    leaf = certkit.leaf(inter, "api.example.com", dns=())
+    rep = assess_chain(der(leaf, inter), anchors=anchors, server_name="api.example.com")
+    assert rep.reason is Reason.TLS_IDENTITY
+    assert rep.detail == (
+        "leaf 'CN=api.example.com' has no subjectAltName, so server name api.example.com "
+        "cannot match (the subject common name is not used, as in browsers and Go)"
+    )
+    assert rep.root is not None  # the chain itself verified
+
+
+def test_san_less_leaf_with_nothing_expected_verifies(
+    inter: pki.Issued, anchors: TrustAnchors
+) -> None:
+    rep = assess_chain(
+        der(certkit.leaf(inter, "x", dns=()), inter), anchors=anchors, server_name=None
+    )
+    assert rep.verified, rep.detail
+
+
+def test_san_less_leaf_fails_an_expected_dns_identity(
+    inter: pki.Issued, anchors: TrustAnchors
+) -> None:
+    leaf = certkit.leaf(inter, "api.example.com", dns=())
+    rep = assess_chain(
+        der(leaf, inter), anchors=anchors, server_name=None, expected_identity="api.example.com"
+    )
+    assert rep.reason is Reason.TLS_IDENTITY
+
+
+def test_leaf_with_only_a_non_spiffe_uri_does_not_match_a_server_name(
+    inter: pki.Issued, anchors: TrustAnchors
+) -> None:
+    leaf = certkit.leaf(inter, "svc", dns=(), uris=["https://svc.example/"])
+    rep = assess_chain(der(leaf, inter), anchors=anchors, server_name="svc.example")
+    assert rep.reason is Reason.TLS_IDENTITY
+    assert "no DNS or IP subjectAltName, only URIs ['https://svc.example/']" in rep.detail
+
+
+def test_spiffe_only_leaf_is_judged_by_its_id_not_the_server_name(
+    inter: pki.Issued, anchors: TrustAnchors
+) -> None:
+    leaf = certkit.leaf(inter, None, dns=(), uris=[OURS], san_critical=True)
+    rep = assess_chain(
+        der(leaf, inter), anchors=anchors, server_name="echo.mesh.svc", trust_domain="cluster.local"
+    )
+    assert rep.verified, rep.detail
+
+
+# -- trust-domain aliases -------------------------------------------------------------------------
+
+
+def spiffe_leaf(inter: pki.Issued, uri: str) -> list[bytes]:
+    return der(certkit.leaf(inter, None, dns=(), uris=[uri], san_critical=True), inter)
+
+
+@pytest.mark.parametrize(
+    ("uri", "aliases", "verified"),
+    [
+        (OURS, frozenset(), True),
+        (ALIAS, frozenset(), False),
+        (ALIAS, frozenset({"old-mesh.example"}), True),
+        (ALIAS, frozenset({"OLD-MESH.example"}), True),  # trust domains are case-insensitive
+        (FOREIGN, frozenset({"old-mesh.example"}), False),
+        (OURS, frozenset({"old-mesh.example"}), True),
+    ],
+)
+def test_aliases_are_accepted_as_ours(
+    inter: pki.Issued, anchors: TrustAnchors, uri: str, aliases: frozenset[str], verified: bool
+) -> None:
+    rep = assess_chain(
+        spiffe_leaf(inter, uri),
+        anchors=anchors,
+        server_name=None,
+        trust_domain="cluster.local",
+        trust_domain_aliases=aliases,
+    )
+    assert rep.verified is verified, rep.detail
+    if not verified:
+        assert rep.reason is Reason.TLS_IDENTITY
+
+
+def test_foreign_id_detail_lists_every_accepted_domain(
+    inter: pki.Issued, anchors: TrustAnchors
+) -> None:
+    rep = assess_chain(
+        spiffe_leaf(inter, FOREIGN),
+        anchors=anchors,
+        server_name=None,
+        trust_domain="cluster.local",
+        trust_domain_aliases=frozenset({"old-mesh.example"}),
+    )
+    assert rep.detail == (
+        f"leaf SPIFFE ID {FOREIGN} is outside trust domains cluster.local, old-mesh.example"
+    )
+    single = assess_chain(
+        spiffe_leaf(inter, FOREIGN), anchors=anchors, server_name=None, trust_domain="cluster.local"
+    )
+    assert single.detail == f"leaf SPIFFE ID {FOREIGN} is outside trust domain cluster.local"
+
+
+def test_aliases_alone_are_checked(inter: pki.Issued, anchors: TrustAnchors) -> None:
+    rep = assess_chain(
+        spiffe_leaf(inter, OURS),
+        anchors=anchors,
+        server_name=None,
+        trust_domain_aliases=frozenset({"old-mesh.example"}),
+    )
+    assert rep.reason is Reason.TLS_IDENTITY
+
+
+def test_verdict_cache_keys_on_aliases(inter: pki.Issued, anchors: TrustAnchors) -> None:
+    cache = VerdictCache()
+    chain = spiffe_leaf(inter, ALIAS)
+    args = {"server_name": None, "expected_identity": None, "version": None, "cipher": None}
+    plain = cache.assess(chain, anchors=anchors, trust_domain="cluster.local", **args)
+    aliased = cache.assess(
+        chain,
+        anchors=anchors,
+        trust_domain="cluster.local",
+        trust_domain_aliases=frozenset({"old-mesh.example"}),
+        **args,
+    )
+    assert (plain.verified, aliased.verified) == (False, True)
+    assert cache.misses == 2

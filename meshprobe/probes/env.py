@@ -42,6 +42,9 @@ __all__ = [
 
 USER_AGENT = f"meshprobe/{meshprobe.__version__}"
 
+# The longest detail a result carries (logs, `meshprobe probe`): enough for any real cause.
+DETAIL_LIMIT = 1024
+
 # aiohttp's own timeouts are off: `run_probe` enforces `target.timeout` over the whole probe.
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
 
@@ -70,11 +73,14 @@ class Attempt:
             settle(self)
         # The wall clock, always: phases explain a duration, they never replace it.
         duration = time.perf_counter() - self.started
+        text = detail or ("ok" if reason is None else reason.value)
+        if len(text) > DETAIL_LIMIT:  # a hostile server must not write our log lines
+            text = f"{text[: DETAIL_LIMIT - 40]}... ({len(text) - DETAIL_LIMIT + 40} chars more)"
         return ProbeResult(
             success=reason is None,
             duration=duration,
             reason=reason,
-            detail=detail or ("ok" if reason is None else reason.value),
+            detail=text,
             phases=dict(self.phases),
             status_code=self.status_code,
             served_by=self.served_by,

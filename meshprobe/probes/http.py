@@ -196,6 +196,8 @@ def _classify(exc: aiohttp.ClientError, recorder: HandshakeRecorder | None) -> t
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
         return connect_reason(os_error), f"connect failed: {os_error.strerror or os_error}"
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return Reason.HTTP_STATUS, f"too many redirects ({len(exc.history)})"
     if isinstance(exc, aiohttp.ServerDisconnectedError):
         return Reason.RESET, "server closed the connection without a complete answer"
     if isinstance(exc, aiohttp.ClientPayloadError):

@@ -108,6 +108,14 @@ async def test_http_wrong_status(env: ProbeEnv) -> None:
     assert expected.success, expected.detail
 
 
+async def test_http_redirect_loop_says_so(env: ProbeEnv) -> None:
+    loop = Reply(status=302, headers=(("Location", "/again"),))
+    async with FaultServer(faults.http(loop)) as srv:
+        result = await run_probe(make_target(srv.url(), follow_redirects=True), env)
+    assert_failed(result, Reason.HTTP_STATUS)
+    assert result.detail == "too many redirects (10)"
+
+
 async def test_http_redirect_not_followed(env: ProbeEnv) -> None:
     reply = Reply(status=302, headers=(("Location", "/elsewhere"),))
     async with FaultServer(faults.http(reply)) as srv:

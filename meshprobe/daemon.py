@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
@@ -25,7 +25,7 @@ from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import WatchSettings
 from meshprobe.exporter import InstanceStatus, MeshprobeCollector
 from meshprobe.exposition import edge_exposition
-from meshprobe.identity import identity_document
+from meshprobe.identity import PublishedIdentity
 from meshprobe.logsetup import configure_logging
 from meshprobe.looplag import monitor_loop_lag
 from meshprobe.model import ProbeResult, Target
@@ -77,6 +77,7 @@ class Daemon:
             )
         )
         ProcessCollector(registry=self.registry)
+        self._identity = PublishedIdentity()
         self.ready = False
         self.port: int | None = None
         self.listeners: list[ResultListener] = []
@@ -101,6 +102,7 @@ class Daemon:
         bundle = load_bundle(settings)
         self.status.bundle = bundle
         self.status.bundle_reload_timestamp = time.time()
+        self.identity_body()  # built now, not by the first peer to ask
         self._env = await ProbeEnv.create(
             source_cluster=settings.cluster,
             anchors=bundle if bundle is not None else TrustAnchors.system(),
@@ -115,7 +117,7 @@ class Daemon:
         )
         app = build_app(
             cluster=settings.cluster,
-            identity=self._identity,
+            identity=self.identity_body,
             registry=self.registry,
             edges=lambda: edge_exposition(self.state, self.settings.cluster),
             ready=self.is_ready,
@@ -193,6 +195,7 @@ class Daemon:
         if self.discovery is not None:
             self.discovery.set_defaults(new)
         self._apply_targets(self.settings)
+        self.identity_body()  # the trust domain may have changed
         self.status.config_reload_success = True
         self.status.config_reload_timestamp = time.time()
         log.info("config reloaded", targets=len(self.state))
@@ -282,6 +285,7 @@ class Daemon:
         self.status.bundle_reload_timestamp = time.time()
         if self._env is not None:
             self._env.anchors = bundle if bundle is not None else TrustAnchors.system()
+        self.identity_body()
 
     def _our_roots(self) -> frozenset[str] | None:
         bundle = self.status.bundle
@@ -337,8 +341,10 @@ class Daemon:
         for listener in self.listeners:
             listener(target, result)
 
-    def _identity(self) -> dict[str, Any]:
-        return identity_document(
+    def identity_body(self) -> bytes:
+        """`/v1/identity`: the bytes built at the last change of bundle or trust domain (the
+        handler only compares inputs, so a change missed by the hooks above is still seen)."""
+        return self._identity.body(
             cluster=self.settings.cluster,
             trust_domain=self.settings.trust.trust_domain,
             bundle=self.status.bundle,

@@ -4,6 +4,12 @@ Each peer's /v1/identity is fetched on the probe interval through the same aioht
 recorder the probes use. The question it answers is the seed guide's first best practice, "a
 shared root CA is mandatory": `meshprobe_peer_trust_match` is 1 while the peer's roots and ours
 share at least one root (a rotation holds old and new roots side by side), 0 when disjoint.
+
+A peer's document is untrusted input. Whatever is wrong with it (too big, not JSON, nested beyond
+the decoder's recursion limit, the wrong shape) is one `IdentityError`: the peer is down with a
+detail naming the problem, logged once per change, never an internal error with a traceback.
+A truncated document (a peer whose bundle has more roots than `IDENTITY_MAX_BYTES` holds) is
+valid; when none of the roots it lists is ours, whether we share a root is unknown, not "no".
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from meshprobe import metricnames as m
+from meshprobe.identity import IDENTITY_MAX_BYTES
 from meshprobe.model import Scope, Target, redact_url
 from meshprobe.probes import ProbeEnv
-from meshprobe.server import IDENTITY_MAX_BYTES
 from meshprobe.tasks import cancel_and_wait
 from meshprobe.tlsrecord import HandshakeRecorder, recording_context
 
@@ -45,6 +51,7 @@ class PeerStatus:
     roots: frozenset[str]  # the peer's root fingerprints (empty when down)
     detail: str
     tls_untrusted: bool = False  # an https peer whose chain our bundle rejects
+    partial: bool = False  # the peer's document lists only some of its roots (truncated)
 
 
 def peer_echo_target(peer: Peer, *, interval: float, timeout: float, budget: float) -> Target:
@@ -72,12 +79,26 @@ class IdentityError(Exception):
     """The peer answered, but not with a usable identity document."""
 
 
-def parse_identity(body: bytes, *, expected_cluster: str) -> frozenset[str]:
-    """Validate a peer's identity document; returns its root fingerprints."""
+@dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    roots: frozenset[str]  # the fingerprints the document lists
+    root_count: int  # roots in the peer's bundle: more than listed when truncated
+    truncated: bool
+
+
+def _decode(body: bytes) -> object:
     try:
-        doc = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(body)
+    except RecursionError:
+        # CPython's decoder recurses per nesting level: 30k '[' in 60 KB exhaust the stack limit.
+        raise IdentityError("identity is not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long to convert
         raise IdentityError(f"identity is not JSON: {exc}") from None
+
+
+def parse_identity(body: bytes, *, expected_cluster: str) -> PeerIdentity:
+    """Validate a peer's identity document (schema in docs/identity.md)."""
+    doc = _decode(body)
     if not isinstance(doc, dict):
         raise IdentityError("identity is not a JSON object")
     cluster = doc.get("cluster")
@@ -96,7 +117,13 @@ def parse_identity(body: bytes, *, expected_cluster: str) -> frozenset[str]:
         if not isinstance(fp, str) or not _FINGERPRINT.fullmatch(fp):
             raise IdentityError(f"roots[{i}].fingerprint_sha256 is not a lowercase SHA-256 hex")
         fingerprints.add(fp)
-    return frozenset(fingerprints)
+    truncated = doc.get("truncated", False)
+    if not isinstance(truncated, bool):
+        raise IdentityError("identity 'truncated' is not a boolean")
+    root_count = doc.get("root_count", len(roots))
+    if type(root_count) is not int or root_count < len(roots):
+        raise IdentityError("identity 'root_count' is not an integer at least the roots listed")
+    return PeerIdentity(frozenset(fingerprints), root_count, truncated)
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -129,7 +156,7 @@ async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
             if resp.status != 200:
                 raise IdentityError(f"identity answered HTTP {resp.status}")
             body = await _read_bounded(resp, IDENTITY_MAX_BYTES)
-        roots = parse_identity(body, expected_cluster=peer.cluster)
+        identity = parse_identity(body, expected_cluster=peer.cluster)
     except TimeoutError:
         return PeerStatus(False, frozenset(), f"no identity within {limit}s")
     except IdentityError as exc:
@@ -142,7 +169,11 @@ async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
                 False, frozenset(), f"{report.reason}: {report.detail}", tls_untrusted=untrusted
             )
         return PeerStatus(False, frozenset(), f"{type(exc).__name__}: {exc}")
-    return PeerStatus(True, roots, "ok")
+    if identity.truncated:
+        listed = len(identity.roots)
+        detail = f"ok (truncated: lists {listed} of its {identity.root_count} roots)"
+        return PeerStatus(True, identity.roots, detail, partial=True)
+    return PeerStatus(True, identity.roots, "ok")
 
 
 class PeerWatcher:
@@ -179,12 +210,13 @@ class PeerWatcher:
 
     async def _loop(self, peer: Peer) -> None:
         while True:
+            previous = self.status.get(peer.cluster)
             try:
                 status = await check_peer(peer, self._env, limit=self._timeout)
             except Exception as exc:  # a bug here must not stop the exchange
-                log.exception("peer check failed unexpectedly", peer_cluster=peer.cluster)
                 status = PeerStatus(False, frozenset(), f"internal error: {exc!r}")
-            previous = self.status.get(peer.cluster)
+                if previous is None or previous.detail != status.detail:  # not every interval
+                    log.exception("peer check failed unexpectedly", peer_cluster=peer.cluster)
             self.status[peer.cluster] = status
             self._log_change(peer, previous, status)
             self.changed.set()
@@ -196,7 +228,9 @@ class PeerWatcher:
             return False  # the peer's chain does not lead to any of our roots
         if ours is None or not status.up:
             return None
-        return bool(ours & status.roots)
+        if ours & status.roots:
+            return True
+        return None if status.partial else False  # an unlisted root may be one we share
 
     def _log_change(self, peer: Peer, old: PeerStatus | None, new: PeerStatus) -> None:
         match = self.trust_match(new)
@@ -208,6 +242,12 @@ class PeerWatcher:
             log.warning("peer unreachable or invalid", **fields)
         elif match is False:
             log.error("peer does not share a root CA with us", **fields)
+        elif match is None and new.partial:
+            log.warning(
+                "peer identity truncated and none of the roots it lists is ours: "
+                "whether we share a root is unknown",
+                **fields,
+            )
         else:
             log.info("peer identity ok", trust_match=match, **fields)
 

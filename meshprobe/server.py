@@ -7,18 +7,19 @@ hands it, so the listener cannot be turned into a scanner.
 from __future__ import annotations
 
 import asyncio
-import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-CLUSTER_HEADER = "X-Meshprobe-Cluster"
-# The identity document is public and small; peers refuse anything bigger (see trust issue).
-IDENTITY_MAX_BYTES = 64 * 1024
+from meshprobe.identity import encode
 
-IdentityProvider = Callable[[], dict[str, Any]]
+CLUSTER_HEADER = "X-Meshprobe-Cluster"
+
+# The encoded identity document, built when its inputs change (`identity.PublishedIdentity`), or
+# a mapping encoded per request for small fixed documents (the demo's, test responders').
+IdentityProvider = Callable[[], bytes | Mapping[str, Any]]
 EdgeText = Callable[[], Iterable[str]]
 Readiness = Callable[[], bool]
 
@@ -41,9 +42,10 @@ def build_app(
         return web.Response(text="ok\n", headers={CLUSTER_HEADER: cluster})
 
     async def identity_doc(_: web.Request) -> web.Response:
-        body = json.dumps(identity(), separators=(",", ":"), sort_keys=True)
+        doc = identity()
+        body = doc if isinstance(doc, bytes) else encode(doc)
         return web.Response(
-            text=body, content_type="application/json", headers={CLUSTER_HEADER: cluster}
+            body=body, content_type="application/json", headers={CLUSTER_HEADER: cluster}
         )
 
     async def healthz(_: web.Request) -> web.Response:

@@ -195,3 +195,44 @@ def bad_name_constraints() -> tuple[x509.ExtensionType, bool]:
     """A nameConstraints extension permitting an iPAddress that is not in CIDR form."""
     value = bytes.fromhex("3008a006300487027f00")
     return x509.UnrecognizedExtension(x509.oid.ExtensionOID.NAME_CONSTRAINTS, value), True
+
+
+def many_roots(count: int, *, label: str = "bulk root") -> list[x509.Certificate]:
+    """`count` distinct self-signed CA roots, fast: one key for all (a signature per root, no key
+    generation), distinct subjects and serials, one validity window so only fingerprints order
+    them. A real bundle never shares a key like this; nothing here checks that."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start, end = NOW - timedelta(hours=1), NOW + timedelta(days=3650)
+    ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    roots = []
+    for i in range(count):
+        subject = name(f"{label} {i:05d}")
+        roots.append(
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(subject)
+            .public_key(key.public_key())
+            .serial_number(i + 1)
+            .not_valid_before(start)
+            .not_valid_after(end)
+            .add_extension(ski, critical=False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(usage, critical=True)
+            .sign(key, hashes.SHA256())
+        )
+    return roots
+
+
+def pem(certs: Sequence[x509.Certificate]) -> bytes:
+    return b"".join(c.public_bytes(Encoding.PEM) for c in certs)

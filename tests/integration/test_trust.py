@@ -113,7 +113,7 @@ async def test_https_peer_from_another_root_is_untrusted(tmp_path: Path) -> None
         app = web.Application()
 
         async def identity(_: web.Request) -> web.Response:
-            return web.json_response(c2._identity())
+            return web.Response(body=c2.identity_body(), content_type="application/json")
 
         app.router.add_get("/v1/identity", identity)
         runner, port = await start_site(

@@ -18,6 +18,7 @@ import structlog
 from meshprobe.tlscheck import TrustAnchors
 
 log = structlog.get_logger(__name__)
+_LOGGED_ROOTS = 10
 
 
 class BundleWatcher:
@@ -55,7 +56,14 @@ class BundleWatcher:
         self.success = True
         self.timestamp = time.time()
         self._on_change(anchors)
-        log.info("trust bundle reloaded", path=self.path, roots=sorted(anchors.fingerprints()))
+        fingerprints = sorted(anchors.fingerprints())
+        # A few fingerprints identify a mesh bundle; an OS-sized one would make a huge line.
+        log.info(
+            "trust bundle reloaded",
+            path=self.path,
+            root_count=len(fingerprints),
+            roots=fingerprints[:_LOGGED_ROOTS],
+        )
         return True
 
     def _reject(self, reason: str) -> bool:

@@ -30,7 +30,7 @@ from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshprobe.model import CertRole, CertSummary, Reason, TLSReport
 from meshprobe.tlsdiagnose import diagnose, extension_error, self_signed, window_problem
-from meshprobe.tlsnames import identity_of, identity_problem, summarize
+from meshprobe.tlsnames import clip, identity_of, identity_problem, summarize
 from meshprobe.tlspolicy import CA_POLICY, EE_POLICY, cert_label, issuer_problems, leaf_problems
 
 __all__ = ["SkippedRoot", "TrustAnchors", "assess_chain", "load_pem_bundle", "summarize"]
@@ -40,6 +40,7 @@ log = structlog.get_logger(__name__)
 _PEM_BEGIN = b"-----BEGIN CERTIFICATE-----"
 _PEM_END = b"-----END CERTIFICATE-----"
 _SYSTEM_FALLBACK = "/etc/ssl/certs/ca-certificates.crt"
+_NOTED_EXTRAS = 3  # extra certificates named in a verified chain's detail; the rest counted
 
 
 def load_pem_bundle(data: bytes, *, source: str = "bundle") -> list[x509.Certificate]:
@@ -273,12 +274,15 @@ def _parse(
 
 
 def _ignored_note(extras: Sequence[CertSummary], at: datetime) -> str:
+    """Names the first few extras only: a server may send hundreds."""
     if not extras:
         return ""
     notes = []
-    for s in extras:
+    for s in extras[:_NOTED_EXTRAS]:
         problem = window_problem(s, at)
-        notes.append(problem if problem is not None else cert_label(s))
+        notes.append(clip(problem if problem is not None else cert_label(s), 200))
+    if len(extras) > _NOTED_EXTRAS:
+        notes.append(f"and {len(extras) - _NOTED_EXTRAS:,} more")
     return f" (ignored, not on the verified path: {'; '.join(notes)})"
 
 

@@ -15,7 +15,7 @@ ID and the trust domain instead, because its host name is never in the certifica
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -23,9 +23,36 @@ from cryptography.x509.oid import NameOID
 
 from meshprobe.model import CertRole, CertSummary
 
-__all__ = ["accepted_domains", "identity_of", "identity_problem", "spiffe_ids", "summarize"]
+__all__ = [
+    "accepted_domains",
+    "clip",
+    "identity_of",
+    "identity_problem",
+    "listed",
+    "spiffe_ids",
+    "summarize",
+]
 
 _SPIFFE = "spiffe://"
+# A detail names a few SANs, enough to see what the certificate is for, and counts the rest: a
+# leaf may carry thousands (one with 5,000 made a 54 KB detail, and a log line as long).
+_LISTED = 5
+_CLIPPED = 120  # characters of one name; a SAN may be as long as the certificate
+
+
+def clip(text: str, limit: int = _CLIPPED) -> str:
+    """`text` cut to `limit` characters, marked when cut."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def listed(items: Sequence[str], limit: int = _LISTED) -> str:
+    """A list for a detail, shown like Python's `repr` of a short list, with at most `limit`
+    entries (each clipped) and a count of the rest: "['a', 'b', ... and 4,998 more]"."""
+    shown = ", ".join(repr(clip(item)) for item in items[:limit])
+    more = len(items) - limit
+    if more > 0:
+        shown += f", ... and {more:,} more"
+    return f"[{shown}]"
 
 
 def _general_names(cert: x509.Certificate) -> tuple[list[str], list[str], list[str]]:
@@ -99,18 +126,19 @@ def _describe_domains(trust_domain: str | None, domains: frozenset[str]) -> str:
 
 
 def _server_name_problem(server_name: str, leaf: CertSummary, label: str) -> str | None:
+    label = clip(label)
     if leaf.dns_names or leaf.ip_addresses:
         if _name_matches(server_name, leaf):
             return None
         return (
-            f"server name {server_name} not in leaf DNS SANs {list(leaf.dns_names)} "
-            f"or IP SANs {list(leaf.ip_addresses)}"
+            f"server name {server_name} not in leaf DNS SANs {listed(leaf.dns_names)} "
+            f"or IP SANs {listed(leaf.ip_addresses)}"
         )
     if spiffe_ids(leaf):
         return None  # a mesh workload leaf: judged by its SPIFFE ID, see the module docstring
     if leaf.uris:
         return (
-            f"{label} has no DNS or IP subjectAltName, only URIs {list(leaf.uris)}: server name "
+            f"{label} has no DNS or IP subjectAltName, only URIs {listed(leaf.uris)}: server name "
             f"{server_name} cannot match"
         )
     return (
@@ -133,11 +161,11 @@ def identity_problem(
     if expected_identity is not None:
         if expected_identity.lower().startswith(_SPIFFE):
             if expected_identity not in spiffe:
-                return f"expected {expected_identity}, leaf has URI SANs {list(leaf.uris)}"
+                return f"expected {expected_identity}, leaf has URI SANs {listed(leaf.uris)}"
         elif not _name_matches(expected_identity, leaf):
             return (
-                f"expected {expected_identity}, leaf has DNS SANs {list(leaf.dns_names)} "
-                f"and IP SANs {list(leaf.ip_addresses)}"
+                f"expected {expected_identity}, leaf has DNS SANs {listed(leaf.dns_names)} "
+                f"and IP SANs {listed(leaf.ip_addresses)}"
             )
     elif server_name:
         problem = _server_name_problem(server_name, leaf, label)
@@ -148,7 +176,7 @@ def identity_problem(
         foreign = [s for s in spiffe if _trust_domain(s) not in domains]
         if foreign:
             where = _describe_domains(trust_domain, domains)
-            return f"leaf SPIFFE ID {foreign[0]} is outside {where}"
+            return f"leaf SPIFFE ID {clip(foreign[0])} is outside {where}"
     return None
 
 

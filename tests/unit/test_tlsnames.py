@@ -142,7 +142,7 @@ def test_aliases_alone_are_checked(inter: pki.Issued, anchors: TrustAnchors) -> 
     assert rep.reason is Reason.TLS_IDENTITY
 
 
-def test_verdict_cache_keys_on_aliases(inter: pki.Issued, anchors: TrustAnchors) -> None:
+def test_verdict_cache_applies_aliases(inter: pki.Issued, anchors: TrustAnchors) -> None:
     cache = VerdictCache()
     chain = spiffe_leaf(inter, ALIAS)
     args = {"server_name": None, "expected_identity": None, "version": None, "cipher": None}
@@ -155,4 +155,66 @@ def test_verdict_cache_keys_on_aliases(inter: pki.Issued, anchors: TrustAnchors)
         **args,
     )
     assert (plain.verified, aliased.verified) == (False, True)
-    assert cache.misses == 2
+    assert cache.misses == 1  # aliases are applied to the one cached chain verdict
+
+
+# -- details stay short, however many names a certificate carries ------------------------------
+
+
+@pytest.fixture(scope="module")
+def crowded(inter: pki.Issued) -> list[bytes]:
+    """A leaf with 5,000 DNS SANs and 20 URI SANs (a 54 KB detail before it was capped)."""
+    dns = [f"host-{i:04d}.crowded.example" for i in range(5000)]
+    uris = [f"spiffe://cluster.local/ns/crowd/sa/sa-{i}" for i in range(20)]
+    return der(certkit.leaf(inter, "crowded", dns=dns, uris=uris), inter)
+
+
+@pytest.mark.parametrize(
+    "expect",
+    [
+        {"server_name": "api.example.com"},
+        {"server_name": None, "expected_identity": "api.example.com"},
+        {"server_name": None, "expected_identity": OURS},
+    ],
+)
+def test_a_5000_san_mismatch_names_a_few_and_counts_the_rest(
+    crowded: list[bytes], anchors: TrustAnchors, expect: dict[str, str | None]
+) -> None:
+    for assess in (assess_chain, VerdictCache().assess):
+        args = {"expected_identity": None, "trust_domain": None, **expect}
+        rep = assess(crowded, anchors=anchors, version=None, cipher=None, **args)  # type: ignore[arg-type]
+        assert rep.reason is Reason.TLS_IDENTITY
+        assert len(rep.detail) < 800, rep.detail
+        assert "'host-0000.crowded.example'" in rep.detail or "sa-0'" in rep.detail
+        assert "... and 4,995 more]" in rep.detail or "... and 15 more]" in rep.detail
+
+
+def test_a_short_san_list_is_shown_whole(inter: pki.Issued, anchors: TrustAnchors) -> None:
+    leaf = certkit.leaf(inter, "x", dns=[f"n{i}.example" for i in range(5)])
+    rep = assess_chain(der(leaf, inter), anchors=anchors, server_name="other.example")
+    assert rep.detail == (
+        "server name other.example not in leaf DNS SANs ['n0.example', 'n1.example', "
+        "'n2.example', 'n3.example', 'n4.example'] or IP SANs []"
+    )
+
+
+def test_a_huge_foreign_spiffe_id_is_clipped(inter: pki.Issued, anchors: TrustAnchors) -> None:
+    long_id = "spiffe://elsewhere.example/" + "x" * 5000
+    rep = assess_chain(
+        spiffe_leaf(inter, long_id), anchors=anchors, server_name=None, trust_domain="cluster.local"
+    )
+    assert rep.reason is Reason.TLS_IDENTITY
+    assert len(rep.detail) < 300 and rep.detail.startswith("leaf SPIFFE ID spiffe://elsewhere")
+
+
+def test_many_extra_certificates_are_counted_not_listed(
+    inter: pki.Issued, anchors: TrustAnchors
+) -> None:
+    extras = [pki.make_root(f"extra {i}") for i in range(10)]
+    leaf = certkit.leaf(inter, "web.example")
+    rep = assess_chain(der(leaf, inter, *extras), anchors=anchors, server_name="web.example")
+    assert rep.verified, rep.detail
+    assert rep.detail == (
+        "verified (ignored, not on the verified path: root 'CN=extra 0'; root 'CN=extra 1'; "
+        "root 'CN=extra 2'; and 7 more)"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import threading
 from pathlib import Path
 
 import aiohttp
@@ -11,9 +12,12 @@ import pytest
 import yaml
 from cryptography import x509
 
-from meshprobe import pki
+from meshprobe import pki, webauth
 from meshprobe.config import load_settings
 from meshprobe.daemon import Daemon
+from meshprobe.server import build_app, start_site
+from meshprobe.webconfig import WebConfig
+from meshprobe.weblistener import ListenerSecurity
 from tests.integration.weblistenerkit import (
     PASSWORD,
     USER,
@@ -249,3 +253,41 @@ async def test_request_limits() -> None:
         assert status in (400, 431)
         status, _, _ = await get(base + "?" + "q" * 9000)
         assert status in (400, 414)
+
+
+async def test_middleware_answers_429_while_verifications_pile_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The middleware on its own (no daemon): with the one bcrypt worker held busy and the
+    queue full, a further guess is turned away at once instead of waiting in line."""
+    monkeypatch.setattr(webauth, "MAX_PENDING", 1)
+    release = threading.Event()
+    entered = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def held(_self: webauth.BasicAuth, _stored: bytes | None, _password: bytes) -> bool:
+        loop.call_soon_threadsafe(entered.set)
+        release.wait(10)
+        return False
+
+    monkeypatch.setattr(webauth.BasicAuth, "_check", held)
+    security = ListenerSecurity(
+        WebConfig.model_validate({"basic_auth_users": {USER: bcrypt_hash(PASSWORD)}})
+    )
+    app = build_app(cluster="c1", identity=dict, middlewares=[security.middleware])
+    runner, port = await start_site(app, "127.0.0.1", 0)
+    try:
+        closed = f"http://127.0.0.1:{port}/v1/status"
+        first = asyncio.create_task(get(closed, auth=(USER, "guess-1")))
+        await entered.wait()
+        status, headers, _ = await get(closed, auth=(USER, "guess-2"))
+        assert status == 429 and headers["Retry-After"] == "1"
+        status, _, _ = await get(f"http://127.0.0.1:{port}/healthz")
+        assert status == 200  # open paths never queue behind bcrypt
+        release.set()
+        status, _, _ = await first
+        assert status == 401
+    finally:
+        release.set()
+        await runner.cleanup()
+        security.close()

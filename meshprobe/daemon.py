@@ -134,6 +134,8 @@ class Daemon:
             client_max_size=LIMITS.client_max_size,
         )
         app.on_response_prepare.append(web.on_response_prepare)
+        for warning in web.warnings():
+            log.warning(warning)
         host, port = settings.listen_host_port()
         self._runner, self.port = await start_site(
             app, host, port, ssl_context=web.ssl_context, limits=LIMITS.runner_kwargs()

@@ -96,6 +96,15 @@ class ListenerSecurity:
     def close(self) -> None:
         self.auth.close()
 
+    def warnings(self) -> list[str]:
+        """What an operator should hear about at start (never a secret)."""
+        if self.auth.enabled and self.tls is None:
+            return [
+                "basic auth on a plain HTTP listener: passwords cross the network readable "
+                "unless a mesh sidecar encrypts the hop; add tls_server_config"
+            ]
+        return []
+
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         if not self.auth.enabled or _route_path(request) in OPEN_PATHS:

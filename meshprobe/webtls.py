@@ -103,6 +103,10 @@ class ServerTLS:
         """Adopt a reloaded spec (new file names, new contents); raises ConfigError and changes
         nothing when the files do not load. Returns the restart-only fields that were kept."""
         kept = [name for name in RESTART_ONLY if getattr(spec, name) != getattr(self.spec, name)]
+        if "client_auth_type" in kept and spec.client_ca_file != self.spec.client_ca_file:
+            # The running mode keeps the CA it verifies against (dropping it would refuse every
+            # client certificate until the restart).
+            kept.append("client_ca_file")
         spec = spec.model_copy(update={name: getattr(self.spec, name) for name in kept})
         files = _read_files(spec, self._where)
         context = build_context(spec, files, self._where)
@@ -115,7 +119,10 @@ class ServerTLS:
     ) -> None:
         while True:
             await asyncio.sleep(period)
-            self.check()
+            try:
+                self.check()
+            except Exception:  # the watch must outlive any surprise; the old context stays
+                log.exception("listener certificate check failed")
             if on_check is not None:
                 on_check()
 

@@ -11,12 +11,13 @@ import aiohttp
 import pytest
 import yaml
 from cryptography import x509
+from structlog.testing import capture_logs
 
 from meshprobe import pki, webauth
 from meshprobe.config import load_settings
 from meshprobe.daemon import Daemon
 from meshprobe.server import build_app, start_site
-from meshprobe.webconfig import WebConfig
+from meshprobe.webconfig import TLSServerConfig, WebConfig
 from meshprobe.weblistener import ListenerSecurity
 from tests.integration.weblistenerkit import (
     PASSWORD,
@@ -291,3 +292,32 @@ async def test_middleware_answers_429_while_verifications_pile_up(
         release.set()
         await runner.cleanup()
         security.close()
+
+
+async def test_reload_keeps_the_running_client_auth_and_its_ca(tls: ListenerPki) -> None:
+    mtls = tls.tls_section(
+        client_auth_type="RequireAndVerifyClientCert", client_ca_file=str(tls.client_ca_file)
+    )
+    async with running_daemon({"tls_server_config": mtls}) as daemon:
+        assert daemon.web is not None and daemon.web.tls is not None
+        kept = daemon.web.tls.update(TLSServerConfig.model_validate(tls.tls_section()))
+        assert kept == [
+            "web.tls_server_config.client_auth_type",
+            "web.tls_server_config.client_ca_file",
+        ]
+        # Still mTLS, still against the CA it started with, until a restart.
+        ctx = tls.client_context(with_cert=True)
+        status, _, _ = await get(url(daemon, "/healthz"), ssl_context=ctx)
+        assert status == 200
+        with pytest.raises(aiohttp.ClientError):
+            await get(url(daemon, "/healthz"), ssl_context=tls.client_context())
+
+
+async def test_basic_auth_without_tls_is_warned_about() -> None:
+    with capture_logs() as logs:
+        async with running_daemon({"basic_auth_users": {USER: bcrypt_hash(PASSWORD)}}) as daemon:
+            status, _, _ = await get(url(daemon, "/metrics", scheme="http"), auth=(USER, PASSWORD))
+            assert status == 200
+    warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert any("plain HTTP listener" in w for w in warnings), warnings
+    assert not any("$2b$" in str(e) for e in logs)  # no hash in any log line

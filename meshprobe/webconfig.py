@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -98,14 +100,8 @@ class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def _refuse_known_unsupported(data: Any, reasons: dict[str, str]) -> Any:
-    if isinstance(data, dict):
-        issues: list[tuple[Loc, str]] = [
-            ((key,), reason) for key, reason in reasons.items() if key in data
-        ]
-        if issues:
-            raise_cross_field(issues)
-    return data
+# A key of the format that is refused when present (its validator says why); never set.
+_Unsupported = Annotated[object, Field(repr=False, exclude=True)]
 
 
 def _client_auth(value: object) -> object:
@@ -133,10 +129,17 @@ class TLSServerConfig(_Frozen):
     cipher_suites: list[str] = []
     prefer_server_cipher_suites: bool = True
 
-    @model_validator(mode="before")
+    # exporter-toolkit keys meshprobe refuses; fields only so each is reported with the others.
+    cert: _Unsupported = None
+    key: _Unsupported = None
+    client_ca: _Unsupported = None
+    client_allowed_sans: _Unsupported = None
+    curve_preferences: _Unsupported = None
+
+    @field_validator(*_UNSUPPORTED_TLS, mode="before")
     @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        return _refuse_known_unsupported(data, _UNSUPPORTED_TLS)
+    def _unsupported(cls, _: object, info: ValidationInfo) -> None:
+        raise ValueError(_UNSUPPORTED_TLS[str(info.field_name)])
 
     @field_validator("cipher_suites")
     @classmethod
@@ -251,10 +254,12 @@ class WebConfig(_Frozen):
     http_server_config: HTTPServerConfig = HTTPServerConfig()
     basic_auth_users: Annotated[dict[str, BcryptHash], BeforeValidator(_users)] = {}
 
-    @model_validator(mode="before")
+    rate_limit: _Unsupported = None
+
+    @field_validator(*_UNSUPPORTED_TOP, mode="before")
     @classmethod
-    def _unsupported(cls, data: Any) -> Any:
-        return _refuse_known_unsupported(data, _UNSUPPORTED_TOP)
+    def _unsupported(cls, _: object, info: ValidationInfo) -> None:
+        raise ValueError(_UNSUPPORTED_TOP[str(info.field_name)])
 
     def is_empty(self) -> bool:
         return self == WebConfig()

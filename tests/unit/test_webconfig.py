@@ -197,3 +197,19 @@ def test_flag_and_section_together_are_refused(tmp_path: Path) -> None:
     # Either one alone is the config in force.
     assert effective_web_config(section, None) is section
     assert effective_web_config(WebConfig(), path).is_empty()
+
+
+def test_every_problem_is_reported_in_one_pass() -> None:
+    found = issues(
+        {
+            "tls_server_config": {**TLS, "cert": "inline", "client_auth_type": "RequestClientCert"},
+            "basic_auth_users": {"prometheus": "plaintext"},
+            "rate_limit": {"burst": 1},
+        }
+    )
+    assert set(found) == {
+        "web.tls_server_config.cert",
+        "web.tls_server_config.client_auth_type",
+        "web.basic_auth_users.prometheus",
+        "web.rate_limit",
+    }

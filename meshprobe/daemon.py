@@ -106,6 +106,11 @@ class Daemon:
 
     async def start(self) -> None:
         settings = self.settings
+        # First: a listener certificate that does not load stops the start before anything
+        # is opened that would need closing.
+        self.web = web = ListenerSecurity(
+            self._web_config(settings), where="" if self.web_config_path else "web"
+        )
         bundle = load_bundle(settings)
         self.status.bundle = bundle
         self.status.bundle_reload_timestamp = time.time()
@@ -120,9 +125,6 @@ class Daemon:
             run=lambda target: run_probe(target, env),
             sink=self._on_result,
             concurrency=settings.concurrency,
-        )
-        self.web = web = ListenerSecurity(
-            self._web_config(settings), where="" if self.web_config_path else "web"
         )
         app = build_app(
             cluster=settings.cluster,

@@ -14,7 +14,7 @@ from cryptography import x509
 from structlog.testing import capture_logs
 
 from meshprobe import pki, webauth
-from meshprobe.config import load_settings
+from meshprobe.config import ConfigError, load_settings
 from meshprobe.daemon import Daemon
 from meshprobe.server import build_app, start_site
 from meshprobe.webconfig import TLSServerConfig, WebConfig
@@ -321,3 +321,16 @@ async def test_basic_auth_without_tls_is_warned_about() -> None:
     warnings = [e["event"] for e in logs if e["log_level"] == "warning"]
     assert any("plain HTTP listener" in w for w in warnings), warnings
     assert not any("$2b$" in str(e) for e in logs)  # no hash in any log line
+
+
+async def test_a_certificate_that_does_not_load_stops_the_start_cleanly(tls: ListenerPki) -> None:
+    tls.key_file.write_bytes(
+        b"-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        async with running_daemon({"tls_server_config": tls.tls_section()}):
+            pass
+    [issue] = info.value.errors
+    assert issue.path == "web.tls_server_config.key_file"
+    assert "no usable PEM private key" in issue.reason
+    assert "bm90IGEga2V5" not in issue.reason  # the file's content is never repeated

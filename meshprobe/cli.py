@@ -52,13 +52,41 @@ def _load(path: Path | None, heading: str) -> Settings | None:
         return None
 
 
+def _web_config_path(args: argparse.Namespace) -> Path | None:
+    return Path(args.web_config_file) if args.web_config_file else None
+
+
+def _check_web(
+    settings: Settings, config_path: Path | None, web_path: Path | None, heading: str
+) -> str | None:
+    """The effective web config, its TLS files loaded once: a summary line, or None after
+    printing every problem (the same way as the main config's)."""
+    from meshprobe.config import ConfigError, format_issues  # noqa: PLC0415
+    from meshprobe.webconfig import describe_web, effective_web_config  # noqa: PLC0415
+    from meshprobe.weblistener import ListenerSecurity  # noqa: PLC0415
+
+    try:
+        web = effective_web_config(settings.web, web_path)
+        ListenerSecurity(web, where="" if web_path else "web").close()
+    except ConfigError as exc:
+        print(f"{heading}: {web_path or config_path}", file=sys.stderr)
+        print(format_issues(exc.errors), file=sys.stderr)
+        return None
+    return describe_web(web)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from meshprobe.config import summarize  # noqa: PLC0415
 
-    settings = _load(_config_path(args), "config invalid")
+    path = _config_path(args)
+    settings = _load(path, "config invalid")
     if settings is None:
         return EXIT_INVALID_CONFIG
+    web = _check_web(settings, path, _web_config_path(args), "config invalid")
+    if web is None:
+        return EXIT_INVALID_CONFIG
     print(summarize(settings))
+    print(web)
     return 0
 
 
@@ -69,9 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     settings = _load(path, "config invalid, not starting")
     if settings is None:
         return EXIT_INVALID_CONFIG
+    web_path = _web_config_path(args)
+    if _check_web(settings, path, web_path, "config invalid, not starting") is None:
+        return EXIT_INVALID_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     settings = _with_kube_flags(settings, args.kubeconfig, args.context)
-    return run_async(_run_daemon(settings, path))
+    return run_async(_run_daemon(settings, path, web_path))
 
 
 def _with_kube_flags(settings: Settings, kubeconfig: str | None, context: str | None) -> Settings:
@@ -84,10 +115,11 @@ def _with_kube_flags(settings: Settings, kubeconfig: str | None, context: str | 
     return settings.model_copy(update={"discovery": discovery})
 
 
-async def _run_daemon(settings: Settings, path: Path | None) -> int:
+async def _run_daemon(settings: Settings, path: Path | None, web_path: Path | None) -> int:
+    from meshprobe.config import ConfigError, format_issues  # noqa: PLC0415
     from meshprobe.daemon import Daemon  # noqa: PLC0415
 
-    daemon = Daemon(settings, config_path=path)
+    daemon = Daemon(settings, config_path=path, web_config_path=web_path)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -95,6 +127,10 @@ async def _run_daemon(settings: Settings, path: Path | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.run(stop)
+    except ConfigError as exc:  # e.g. a listener certificate replaced since it was checked
+        print("config invalid, not starting", file=sys.stderr)
+        print(format_issues(exc.errors), file=sys.stderr)
+        return EXIT_INVALID_CONFIG
     except OSError as exc:  # e.g. the listen address is taken
         print(f"meshprobe: cannot start: {exc}", file=sys.stderr)
         return 1
@@ -148,10 +184,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="kubeconfig for discovery (default: in-cluster account, else $KUBECONFIG)",
     )
     run.add_argument("--context", help="kubeconfig context for discovery (default: current)")
+    _add_web_flag(run)
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config file; exit 2 when invalid")
     check.add_argument("--config", help="config file (default: $MESHPROBE_CONFIG)")
+    _add_web_flag(check)
     check.set_defaults(func=cmd_check)
 
     probe = sub.add_parser("probe", help="probe one URL once and explain the result")
@@ -194,6 +232,16 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rules", help="rules file for --with-prometheus (default: the checkout's)")
     demo.set_defaults(func=cmd_demo)
     return parser
+
+
+def _add_web_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="FILE",
+        help="listener TLS and basic auth in exporter-toolkit's format (instead of the config's "
+        "web section)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -61,6 +61,7 @@ from meshprobe.config_yaml import read_yaml_mapping
 from meshprobe.discovery.config import Discovery, TrustConfigMap, describe_kubernetes
 from meshprobe.durations import format_duration
 from meshprobe.model import SCHEME_KIND, Scope, Target, TLSOptions
+from meshprobe.webconfig import WebConfig
 
 __all__ = [
     "Budget",
@@ -248,6 +249,7 @@ class Settings(BaseSettings):
     targets: list[TargetSpec] = []
     peers: list[PeerSpec] = []
     discovery: Discovery = Discovery()
+    web: WebConfig = WebConfig()  # listener TLS and basic auth, exporter-toolkit keys
 
     @classmethod
     def settings_customise_sources(

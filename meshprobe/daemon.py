@@ -36,6 +36,9 @@ from meshprobe.server import build_app, start_site
 from meshprobe.state import ProbeState, Transition
 from meshprobe.tasks import cancel_and_wait
 from meshprobe.tlscheck import TrustAnchors
+from meshprobe.webconfig import WebConfig, describe_web, effective_web_config
+from meshprobe.weblistener import LIMITS, ListenerSecurity
+from meshprobe.webtls import FILES_PERIOD
 
 if TYPE_CHECKING:
     from meshprobe.discovery.manager import Discovery
@@ -58,9 +61,14 @@ class Daemon:
         config_path: Path | None = None,
         environ: dict[str, str] | None = None,
         watch: WatchSettings | None = None,
+        web_config_path: Path | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
+        self.web_config_path = web_config_path  # --web.config.file, re-read on SIGHUP
+        self.web: ListenerSecurity | None = None
+        self._web_task: asyncio.Task[None] | None = None
+        self.web_checked = asyncio.Event()  # set after each poll of the listener's TLS files
         self._environ = environ
         self._watch_settings = watch or WatchSettings(
             resync_period=settings.discovery.kubernetes.resync_period
@@ -99,6 +107,11 @@ class Daemon:
 
     async def start(self) -> None:
         settings = self.settings
+        # First: a listener certificate that does not load stops the start before anything
+        # is opened that would need closing.
+        self.web = web = ListenerSecurity(
+            self._web_config(settings), where="" if self.web_config_path else "web"
+        )
         bundle = load_bundle(settings)
         self.status.bundle = bundle
         self.status.bundle_reload_timestamp = time.time()
@@ -121,9 +134,20 @@ class Daemon:
             registry=self.registry,
             edges=lambda: edge_exposition(self.state, self.settings.cluster),
             ready=self.is_ready,
+            middlewares=[web.middleware],
+            client_max_size=LIMITS.client_max_size,
         )
+        app.on_response_prepare.append(web.on_response_prepare)
+        for warning in web.warnings():
+            log.warning(warning)
         host, port = settings.listen_host_port()
-        self._runner, self.port = await start_site(app, host, port)
+        self._runner, self.port = await start_site(
+            app, host, port, ssl_context=web.ssl_context, limits=LIMITS.runner_kwargs()
+        )
+        if web.tls is not None:
+            self._web_task = asyncio.create_task(
+                web.tls.watch(FILES_PERIOD, self.web_checked.set), name="listener TLS watch"
+            )
         self._lag_task = asyncio.create_task(monitor_loop_lag(self.status.loop_lag))
         self.peers = PeerWatcher(
             env=env,
@@ -140,6 +164,7 @@ class Daemon:
             cluster=settings.cluster,
             listen=f"{host}:{self.port}",
             targets=len(self.state),
+            web=describe_web(web.config),
         )
 
     async def stop(self) -> None:
@@ -151,9 +176,12 @@ class Daemon:
             await self._scheduler.aclose()
         if self.peers is not None:
             await self.peers.aclose()
-        await cancel_and_wait(t for t in (self._lag_task, self._bundle_task) if t is not None)
+        tasks = (self._lag_task, self._bundle_task, self._web_task)
+        await cancel_and_wait(t for t in tasks if t is not None)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.web is not None:
+            self.web.close()
         if self._env is not None:
             await self._env.aclose()
         log.info("meshprobe stopped", cluster=self.settings.cluster)
@@ -173,6 +201,8 @@ class Daemon:
         try:
             new = self._restart_only(load_settings(self.config_path, environ=self._environ))
             bundle = load_bundle(new)
+            if self.web is not None:  # last: it applies at once when the files load
+                self.web.update(self._web_config(new))
         except ConfigError as exc:
             self.status.config_reload_success = False
             log.error(
@@ -225,6 +255,9 @@ class Daemon:
                 "trust": trust,
             }
         )
+
+    def _web_config(self, settings: Settings) -> WebConfig:
+        return effective_web_config(settings.web, self.web_config_path)
 
     def _start_discovery(self, settings: Settings) -> None:
         if not needs_kubernetes(settings.discovery, settings.trust.configmap):

@@ -7,10 +7,11 @@ hands it, so the listener cannot be turned into a scanner.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from meshprobe.identity import encode
@@ -32,9 +33,13 @@ def build_app(
     ready: Readiness = lambda: True,
     edges: EdgeText | None = None,
     echo_delay: float = 0.0,
+    middlewares: Sequence[Middleware] = (),
+    client_max_size: int = 1024**2,
 ) -> web.Application:
-    """`echo_delay` simulates network distance for the demo's far cluster; always 0 otherwise."""
-    app = web.Application()
+    """`echo_delay` simulates network distance for the demo's far cluster; always 0 otherwise.
+
+    `middlewares` and `client_max_size` are the listener security's hooks (`weblistener`)."""
+    app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
 
     async def echo(_: web.Request) -> web.Response:
         if echo_delay:
@@ -85,10 +90,20 @@ def _metrics_handler(
 
 
 async def start_site(
-    app: web.Application, host: str, port: int, *, ssl_context: Any = None
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    ssl_context: Any = None,
+    limits: dict[str, int] | None = None,
 ) -> tuple[web.AppRunner, int]:
-    """Start serving; returns the runner (to clean up) and the bound port (for port 0)."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+    """Start serving; returns the runner (to clean up) and the bound port (for port 0).
+
+    `limits` are the request-parsing limits (`max_line_size`, ...; see `weblistener.Limits`)."""
+    parser_limits: dict[str, Any] = dict(limits or {})
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=1.0, **parser_limits
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context)
     await site.start()

@@ -177,6 +177,9 @@ def test_unknown_scheme(tmp_path: Path) -> None:
         # control character be.
         ('{name: "a\\ud800", url: "http://a"}', "targets.0.name", "not valid UTF-8"),
         ('{name: "a\\x07b", url: "http://a"}', "targets.0.name", "control character"),
+        ('{name: a, url: "http://a/x\\r\\nHost: b"}', "targets.0.url", "control character"),
+        ("{name: a, url: 'http://a:0/'}", "targets.0.url", "port 0"),
+        ("{name: a, url: 'tcp://a:0'}", "targets.0.url", "port 0"),
     ],
 )
 def test_target_field_errors(tmp_path: Path, target: str, path: str, fragment: str) -> None:

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from meshprobe import __version__
 
 if TYPE_CHECKING:
-    from meshprobe.config import Settings
+    from meshprobe.config import ConfigError, Settings
 
-EXIT_INVALID_CONFIG = 2
+EXIT_INVALID_CONFIG = 2  # the config, or a file it names: `check` says the same
+EXIT_CANNOT_START = 1  # a valid config this host refused (the listen address is taken, ...)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -42,22 +43,45 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 def _load(path: Path | None, heading: str) -> Settings | None:
     """The one place `check` and `run` load a config: same messages, same exit code."""
-    from meshprobe.config import ConfigError, format_issues, load_settings  # noqa: PLC0415
+    from meshprobe.config import ConfigError, load_settings  # noqa: PLC0415
 
     try:
         return load_settings(path)
     except ConfigError as exc:
-        print(f"{heading}: {path}", file=sys.stderr)
-        print(format_issues(exc.errors), file=sys.stderr)
+        _print_invalid(exc, heading, path)
         return None
 
 
-def cmd_check(args: argparse.Namespace) -> int:
-    from meshprobe.config import summarize  # noqa: PLC0415
+def _print_invalid(exc: ConfigError, heading: str, path: Path | None) -> None:
+    from meshprobe.config import format_issues  # noqa: PLC0415
 
-    settings = _load(_config_path(args), "config invalid")
+    print(f"{heading}: {path if path is not None else '<env>'}", file=sys.stderr)
+    print(format_issues(exc.errors), file=sys.stderr)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config and load every file `run` loads at start (the trust bundle), so a
+    config that passes here does not crash-loop a pod; files read only later are warnings."""
+    from meshprobe.config import ConfigError, summarize  # noqa: PLC0415
+    from meshprobe.config_files import (  # noqa: PLC0415
+        file_warnings,
+        load_trust_bundle,
+        skipped_roots,
+    )
+    from meshprobe.logsetup import configure_logging  # noqa: PLC0415
+
+    path = _config_path(args)
+    settings = _load(path, "config invalid")
     if settings is None:
         return EXIT_INVALID_CONFIG
+    configure_logging("error", "console")  # skipped roots are reported below, not logged
+    try:
+        anchors = load_trust_bundle(settings)
+    except ConfigError as exc:
+        _print_invalid(exc, "config invalid", path)
+        return EXIT_INVALID_CONFIG
+    for issue in skipped_roots(anchors) + file_warnings(settings):
+        print(f"warning: {issue}", file=sys.stderr)
     print(summarize(settings))
     return 0
 
@@ -71,7 +95,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     settings = _with_kube_flags(settings, args.kubeconfig, args.context)
-    return run_async(_run_daemon(settings, path))
+    return run_async(_run_daemon(settings, path, "config invalid, not starting"))
 
 
 def _with_kube_flags(settings: Settings, kubeconfig: str | None, context: str | None) -> Settings:
@@ -84,7 +108,11 @@ def _with_kube_flags(settings: Settings, kubeconfig: str | None, context: str | 
     return settings.model_copy(update={"discovery": discovery})
 
 
-async def _run_daemon(settings: Settings, path: Path | None) -> int:
+async def _run_daemon(settings: Settings, path: Path | None, heading: str) -> int:
+    """Run until SIGTERM/SIGINT. Start-up failures caused by input end with a message and an
+    exit code, never a traceback: a bad trust bundle (loaded first thing at start, with the
+    same checks and words as `check`) exits 2; a listen address this host refuses exits 1."""
+    from meshprobe.config import ConfigError  # noqa: PLC0415
     from meshprobe.daemon import Daemon  # noqa: PLC0415
 
     daemon = Daemon(settings, config_path=path)
@@ -95,10 +123,30 @@ async def _run_daemon(settings: Settings, path: Path | None) -> int:
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.run(stop)
-    except OSError as exc:  # e.g. the listen address is taken
-        print(f"meshprobe: cannot start: {exc}", file=sys.stderr)
-        return 1
+    except ConfigError as exc:  # raised by the bundle load, before start() sets anything up
+        _print_invalid(exc, heading, path)
+        return EXIT_INVALID_CONFIG
+    except OSError as exc:
+        listening = daemon.port is not None
+        await daemon.stop()  # the probe environment start() had made before the listener
+        if listening:
+            print(f"meshprobe: cannot start: {_os_reason(exc)}", file=sys.stderr)
+        else:
+            print(
+                f"meshprobe: cannot start: listen: cannot listen on {settings.listen}: "
+                f"{_os_reason(exc)}",
+                file=sys.stderr,
+            )
+        return EXIT_CANNOT_START
     return 0
+
+
+def _os_reason(exc: OSError) -> str:
+    """`Address already in use`, not asyncio's `[Errno 98] error while attempting to bind on
+    address ('0.0.0.0', 9942): address already in use`; resolver errors keep their own words."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc.strerror or exc)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

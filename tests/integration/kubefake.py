@@ -42,6 +42,7 @@ class Recorded:
     resource: str
     namespace: str | None
     query: dict[str, str]
+    at: float = 0.0  # the event loop's clock when the request arrived (for backoff tests)
 
 
 @dataclass(eq=False)
@@ -285,7 +286,9 @@ class FakeKube:
         namespace = request.match_info.get("namespace")
         query = dict(request.query)
         watch = _parse_bool(query.get("watch"))
-        self.requests.append(Recorded("watch" if watch else "list", resource, namespace, query))
+        verb = "watch" if watch else "list"
+        now = asyncio.get_running_loop().time()
+        self.requests.append(Recorded(verb, resource, namespace, query, now))
         self._notify()
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _status(401, "Unauthorized", "no or wrong bearer token")

@@ -141,6 +141,7 @@ class WatchLoop:
         self._watch_failures = 0  # watches failed in a row: `up` falls at down_after_failures
         self._listed = False  # the latest list succeeded
         self._watch_ok = False  # the current watch has proved itself
+        self._gone_in_a_row = 0  # watches expired (410) before they worked, relist after relist
         self.synced = asyncio.Event()  # the first list succeeded
         self.stats = WatchStats()
 
@@ -167,10 +168,31 @@ class WatchLoop:
             except Gone:
                 self.stats.gone += 1
                 log.info("watch version expired, listing again", collection=str(self.collection))
+                await self._after_gone()
                 return
             except RETRYABLE as exc:
                 self._watch_failures += 1
                 await self._failed(exc)
+
+    async def _after_gone(self) -> None:
+        """Relist at once after a 410, as kopf does, unless the watch from a fresh list's version
+        was already expired twice in a row: a server (or a caching proxy) answering every watch
+        with 410 would otherwise have us list and watch in a tight loop. Not an error: each list
+        succeeds and keeps the view current; it only slows down."""
+        if self._watch_ok:
+            self._gone_in_a_row = 0
+            return
+        self._gone_in_a_row += 1
+        if self._gone_in_a_row < 2:
+            return
+        delay = self._settings.backoff.delay(self._gone_in_a_row - 1, self._rng)
+        log.warning(
+            "watch expired right after a list again, slowing down",
+            collection=str(self.collection),
+            retry_in=round(delay, 3),
+            times=self._gone_in_a_row,
+        )
+        await asyncio.sleep(delay)
 
     @property
     def up(self) -> bool:
@@ -182,6 +204,7 @@ class WatchLoop:
         if self._watch_ok:
             return
         self._watch_ok = True
+        self._gone_in_a_row = 0
         self._failures = 0
         self._watch_failures = 0
         self._on_health(self.up, None)
@@ -231,6 +254,7 @@ class WatchLoop:
         self._progress()
 
     async def _watch(self, timeout_seconds: int) -> None:
+        self._watch_ok = False
         timeout = self._settings.request_timeout
         resp = await self._api.request(
             self.collection,
@@ -243,7 +267,6 @@ class WatchLoop:
         )
         loop = asyncio.get_running_loop()
         began = loop.time()
-        self._watch_ok = False
         proof: asyncio.TimerHandle | None = None
         try:
             await _check_status(resp)

@@ -150,3 +150,30 @@ async def test_a_quiet_watch_that_stays_open_counts_as_working(tmp_path: Path) -
             assert fake.active_watches == 1
         finally:
             await daemon.stop()
+
+
+async def test_watches_expired_at_once_slow_down_the_relists(tmp_path: Path) -> None:
+    """A server that expires every watch, even from the version its list just gave: the first
+    relist is immediate (a 410 is routine), the following ones back off; never an error."""
+    async with FakeKube() as fake:
+        kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+        fake.always_gone = True
+        path = tmp_path / "meshprobe.yaml"
+        path.write_text(yaml.safe_dump(daemon_config(kubeconfig)))
+        daemon = Daemon(load_settings(path, environ={}), config_path=path, environ={}, watch=HOLLOW)
+        await daemon.start()
+        try:
+
+            def lists() -> list[float]:
+                return [r.at for r in fake.requests if r.verb == "list"]
+
+            await fake.wait_for(lambda: len(lists()) >= 6, limit=15.0)
+            times = lists()[:6]
+            gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+            # list 1 -> Gone -> list 2 at once -> Gone again -> 0.05, 0.1, 0.2, 0.4 steps.
+            floors = [0.0] + [0.5 * min(BACKOFF.cap, BACKOFF.initial * 2**k) for k in range(4)]
+            assert all(gap >= floor for gap, floor in zip(gaps, floors, strict=True)), gaps
+            assert daemon.status.discovery.errors["kubernetes"] == 0
+            assert daemon.status.discovery.up["kubernetes"]  # every list works: the view is current
+        finally:
+            await daemon.stop()

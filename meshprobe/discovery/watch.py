@@ -8,8 +8,9 @@ The cycle, as kopf's `_cogs/clients/watching.py` does it:
    quiet collection does not fall out of the server's window);
 3. when the stream ends (server timeout, dropped connection) watch again from the newest version:
    nothing is missed and nothing replayed twice;
-4. on `410 Gone` (our version was compacted away) list again at once; after `resync_period` list
-   again anyway, which bounds any drift.
+4. on `410 Gone` (our version was compacted away) list again at once (backing off only when the
+   watches from fresh lists keep expiring); after `resync_period` list again anyway, which
+   bounds any drift.
 Failures back off exponentially with jitter, capped. Only a watch that proved itself resets the
 backoff: one that delivered an event (a bookmark too) or stayed open `healthy_after`. A watch that
 answers 200 and ends at once is a failure like any other, or a proxy that does that would have us

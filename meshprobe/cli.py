@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 from meshprobe import __version__
 
 if TYPE_CHECKING:
-    from meshprobe.config import Settings
+    from meshprobe.config import ConfigError, Settings
 
-EXIT_INVALID_CONFIG = 2
+EXIT_INVALID_CONFIG = 2  # the config, or a file it names: `check` says the same
+EXIT_CANNOT_START = 1  # a valid config this host refused (the listen address is taken, ...)
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -42,13 +43,12 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 def _load(path: Path | None, heading: str) -> Settings | None:
     """The one place `check` and `run` load a config: same messages, same exit code."""
-    from meshprobe.config import ConfigError, format_issues, load_settings  # noqa: PLC0415
+    from meshprobe.config import ConfigError, load_settings  # noqa: PLC0415
 
     try:
         return load_settings(path)
     except ConfigError as exc:
-        print(f"{heading}: {path}", file=sys.stderr)
-        print(format_issues(exc.errors), file=sys.stderr)
+        _print_invalid(exc, heading, path)
         return None
 
 
@@ -61,7 +61,7 @@ def _check_web(
 ) -> str | None:
     """The effective web config, its TLS files loaded once: a summary line, or None after
     printing every problem (the same way as the main config's)."""
-    from meshprobe.config import ConfigError, format_issues  # noqa: PLC0415
+    from meshprobe.config import ConfigError  # noqa: PLC0415
     from meshprobe.webconfig import describe_web, effective_web_config  # noqa: PLC0415
     from meshprobe.weblistener import ListenerSecurity  # noqa: PLC0415
 
@@ -69,14 +69,29 @@ def _check_web(
         web = effective_web_config(settings.web, web_path)
         ListenerSecurity(web, where="" if web_path else "web").close()
     except ConfigError as exc:
-        print(f"{heading}: {web_path or config_path}", file=sys.stderr)
-        print(format_issues(exc.errors), file=sys.stderr)
+        _print_invalid(exc, heading, web_path or config_path)
         return None
     return describe_web(web)
 
 
+def _print_invalid(exc: ConfigError, heading: str, path: Path | None) -> None:
+    from meshprobe.config import format_issues  # noqa: PLC0415
+
+    print(f"{heading}: {path if path is not None else '<env>'}", file=sys.stderr)
+    print(format_issues(exc.errors), file=sys.stderr)
+
+
 def cmd_check(args: argparse.Namespace) -> int:
-    from meshprobe.config import summarize  # noqa: PLC0415
+    """Validate the config and load every file `run` loads at start (the trust bundle, the
+    listener's certificate), so a config that passes here does not crash-loop a pod; files read
+    only later are warnings."""
+    from meshprobe.config import ConfigError, summarize  # noqa: PLC0415
+    from meshprobe.config_files import (  # noqa: PLC0415
+        file_warnings,
+        load_trust_bundle,
+        skipped_roots,
+    )
+    from meshprobe.logsetup import configure_logging  # noqa: PLC0415
 
     path = _config_path(args)
     settings = _load(path, "config invalid")
@@ -85,6 +100,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     web = _check_web(settings, path, _web_config_path(args), "config invalid")
     if web is None:
         return EXIT_INVALID_CONFIG
+    configure_logging("error", "console")  # skipped roots are reported below, not logged
+    try:
+        anchors = load_trust_bundle(settings)
+    except ConfigError as exc:
+        _print_invalid(exc, "config invalid", path)
+        return EXIT_INVALID_CONFIG
+    for issue in skipped_roots(anchors) + file_warnings(settings):
+        print(f"warning: {issue}", file=sys.stderr)
     print(summarize(settings))
     print(web)
     return 0
@@ -102,7 +125,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID_CONFIG
     configure_logging(settings.log_level, settings.log_format)
     settings = _with_kube_flags(settings, args.kubeconfig, args.context)
-    return run_async(_run_daemon(settings, path, web_path))
+    return run_async(_run_daemon(settings, path, web_path, "config invalid, not starting"))
 
 
 def _with_kube_flags(settings: Settings, kubeconfig: str | None, context: str | None) -> Settings:
@@ -115,8 +138,14 @@ def _with_kube_flags(settings: Settings, kubeconfig: str | None, context: str | 
     return settings.model_copy(update={"discovery": discovery})
 
 
-async def _run_daemon(settings: Settings, path: Path | None, web_path: Path | None) -> int:
-    from meshprobe.config import ConfigError, format_issues  # noqa: PLC0415
+async def _run_daemon(
+    settings: Settings, path: Path | None, web_path: Path | None, heading: str
+) -> int:
+    """Run until SIGTERM/SIGINT. Start-up failures caused by input end with a message and an
+    exit code, never a traceback: a bad trust bundle or listener certificate (loaded first
+    thing at start, with the same checks and words as `check`) exits 2; a listen address this
+    host refuses exits 1."""
+    from meshprobe.config import ConfigError  # noqa: PLC0415
     from meshprobe.daemon import Daemon  # noqa: PLC0415
 
     daemon = Daemon(settings, config_path=path, web_config_path=web_path)
@@ -127,14 +156,30 @@ async def _run_daemon(settings: Settings, path: Path | None, web_path: Path | No
     loop.add_signal_handler(signal.SIGHUP, daemon.reload)
     try:
         await daemon.run(stop)
-    except ConfigError as exc:  # e.g. a listener certificate replaced since it was checked
-        print("config invalid, not starting", file=sys.stderr)
-        print(format_issues(exc.errors), file=sys.stderr)
+    except ConfigError as exc:  # the bundle or a listener certificate, before anything started
+        _print_invalid(exc, heading, path)
         return EXIT_INVALID_CONFIG
-    except OSError as exc:  # e.g. the listen address is taken
-        print(f"meshprobe: cannot start: {exc}", file=sys.stderr)
-        return 1
+    except OSError as exc:
+        listening = daemon.port is not None
+        await daemon.stop()  # the probe environment start() had made before the listener
+        if listening:
+            print(f"meshprobe: cannot start: {_os_reason(exc)}", file=sys.stderr)
+        else:
+            print(
+                f"meshprobe: cannot start: listen: cannot listen on {settings.listen}: "
+                f"{_os_reason(exc)}",
+                file=sys.stderr,
+            )
+        return EXIT_CANNOT_START
     return 0
+
+
+def _os_reason(exc: OSError) -> str:
+    """`Address already in use`, not asyncio's `[Errno 98] error while attempting to bind on
+    address ('0.0.0.0', 9942): address already in use`; resolver errors keep their own words."""
+    if exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return str(exc.strerror or exc)
 
 
 def cmd_probe(args: argparse.Namespace) -> int:

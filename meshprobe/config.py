@@ -35,7 +35,9 @@ from meshprobe.config_errors import (
     Loc,
     format_issues,
     issues_from_validation_error,
+    key_issues,
     raise_cross_field,
+    shown_value,
 )
 from meshprobe.config_sources import (
     CONFIG_ENV,
@@ -181,8 +183,10 @@ class TargetSpec(_Frozen):
         if value is not None:
             try:
                 re.compile(value)
-            except re.error as exc:
-                raise ValueError(f"invalid regular expression {value!r}: {exc}") from None
+            except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((…
+                reason = exc if isinstance(exc, re.error | OverflowError) else "nested too deeply"
+                shown = shown_value(value)
+                raise ValueError(f"invalid regular expression {shown}: {reason}") from None
         return value
 
     @field_validator("method")
@@ -396,6 +400,8 @@ def load_settings_from_mapping(
 
 
 def _validate(file_data: Mapping[str, Any], environ: Mapping[str, str], source: str) -> Settings:
+    if bad_keys := key_issues(file_data):
+        raise ConfigError(bad_keys, source)
     try:
         with loading(LoadSources(file_data=file_data, environ=environ)):
             return Settings()  # type: ignore[call-arg]  # fields come from the sources
@@ -417,11 +423,14 @@ def summarize(settings: Settings) -> str:
     trust = settings.trust
     bundle = f"trust bundle {trust.bundle_file}" if trust.bundle_file else "no trust bundle"
     bundle = describe_kubernetes(settings.discovery, trust.configmap, bundle)
-    return (
+    line = (
         f"config OK: cluster {settings.cluster}, listen {settings.listen}, "
         f"{_plural(len(targets), 'target')} ({local} local, {len(targets) - local} remote), "
         f"{_plural(peers, 'peer')}, {bundle} (domain {_domains(trust)})"
     )
+    # Free-text settings (a ConfigMap name, a trust domain) may hold a lone surrogate that YAML
+    # spelled as an escape: printing that raw to stdout would end `check` with a traceback.
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _domains(trust: Trust) -> str:

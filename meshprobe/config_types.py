@@ -7,12 +7,14 @@ Each validator raises ValueError with a message written for the person editing t
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from typing import Annotated
 from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
+from meshprobe.config_errors import shown_value
 from meshprobe.durations import parse_duration
 from meshprobe.model import redact_url
 
@@ -33,9 +35,19 @@ _SIZE_UNITS = {
 
 
 def _positive_duration(value: object) -> float:
-    seconds = parse_duration(value)  # type: ignore[arg-type]  # rejects non-numbers itself
+    shown = shown_value(value) if isinstance(value, str | int | float) else type(value).__name__
+    try:
+        seconds = parse_duration(value)  # type: ignore[arg-type]  # rejects non-numbers itself
+    except OverflowError:  # an integer too large for a float
+        raise ValueError(f"invalid duration {shown}: too large") from None
+    except ValueError:
+        if isinstance(value, int) and value.bit_length() > 64:  # its text would be too long
+            raise ValueError(f"invalid duration {shown}: too large") from None
+        raise
+    if not math.isfinite(seconds):  # "999…9s" sums to infinity
+        raise ValueError(f"invalid duration {shown}: too large")
     if seconds <= 0:
-        raise ValueError(f"invalid duration {value!r}: must be greater than zero")
+        raise ValueError(f"invalid duration {shown}: must be greater than zero")
     return seconds
 
 
@@ -105,7 +117,7 @@ def _trust_domain(value: str) -> str:
 
 def _http_status(value: int) -> int:
     if not 100 <= value <= 599:
-        raise ValueError(f"HTTP status {value} is out of range (expected 100..599)")
+        raise ValueError(f"HTTP status {shown_value(value)} is out of range (expected 100..599)")
     return value
 
 
@@ -140,7 +152,7 @@ def split_host_port(text: str) -> tuple[str, int]:
         if not _HOSTNAME.fullmatch(host):
             raise ValueError(f"invalid listen address {text!r}: bad host {host!r}")
     # Port 0 asks the kernel for a free port (tests, the demo); the bound port is logged.
-    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or not 0 <= int(port_text) <= 65535:
         raise ValueError(f"invalid listen address {text!r}: port must be 0..65535")
     return host, int(port_text)
 

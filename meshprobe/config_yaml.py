@@ -60,12 +60,65 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         raise _error(path, f"invalid YAML in {path}{where}: {problem}") from None
     except yaml.YAMLError as exc:
         raise _error(path, f"invalid YAML in {path}: {exc}") from None
+    except RecursionError:
+        raise _error(path, f"invalid YAML in {path}: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:
+        # A constructor choking on a scalar: `!!float x`, an integer of 5000 digits, ...
+        raise _error(path, f"invalid YAML in {path}: a value cannot be read: {exc}") from None
+    if too_much := _expansion_problem(data):
+        raise _error(path, f"invalid YAML in {path}: {too_much}")
     if data is None:
         return {}
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise _error(path, f"top level of {path} must be a mapping of settings, got a {kind}")
     return data
+
+
+def _expansion_problem(data: Any) -> str | None:
+    """Aliases let a few lines stand for billions of values (and validating those would hang
+    `check` and `run`), or for a value that contains itself; refuse both before validation."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, dict | list):
+            return 1
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise _SelfReference
+        open_nodes.add(key)
+        total = 1
+        for child in node.values() if isinstance(node, dict) else node:
+            total += size(child)
+            if total > MAX_VALUES:
+                raise _TooLarge
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    try:
+        size(data)
+    except _SelfReference:
+        return "an alias refers to a value that contains it"
+    except _TooLarge:
+        return f"the document expands to more than {MAX_VALUES} values (through aliases?)"
+    except RecursionError:
+        return "nested too deeply"
+    return None
+
+
+MAX_VALUES = 100_000  # a config with a thousand targets is a few thousand values
+
+
+class _SelfReference(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
 
 
 def _error(path: Path, reason: str) -> ConfigError:

@@ -20,6 +20,7 @@ from prometheus_client.core import Metric
 
 from meshprobe.bundlewatch import BundleWatcher
 from meshprobe.config import ConfigError, Settings, format_issues, load_settings
+from meshprobe.config_files import load_trust_bundle
 from meshprobe.discovery.config import needs_kubernetes
 from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import WatchSettings
@@ -49,8 +50,8 @@ ResultListener = Callable[[Target, ProbeResult], None]
 
 
 def load_bundle(settings: Settings) -> TrustAnchors | None:
-    path = settings.trust.bundle_file
-    return TrustAnchors.from_file(path) if path else None
+    """The same load `meshprobe check` does; a bad file raises ConfigError (trust.bundle_file)."""
+    return load_trust_bundle(settings)
 
 
 class Daemon:

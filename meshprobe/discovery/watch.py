@@ -8,9 +8,13 @@ The cycle, as kopf's `_cogs/clients/watching.py` does it:
    quiet collection does not fall out of the server's window);
 3. when the stream ends (server timeout, dropped connection) watch again from the newest version:
    nothing is missed and nothing replayed twice;
-4. on `410 Gone` (our version was compacted away) list again at once; after `resync_period` list
-   again anyway, which bounds any drift.
-Failures back off exponentially with jitter, capped, and reset after the next success.
+4. on `410 Gone` (our version was compacted away) list again at once (backing off only when the
+   watches from fresh lists keep expiring); after `resync_period` list again anyway, which
+   bounds any drift.
+Failures back off exponentially with jitter, capped. Only a watch that proved itself resets the
+backoff: one that delivered an event (a bookmark too) or stayed open `healthy_after`. A watch that
+answers 200 and ends at once is a failure like any other, or a proxy that does that would have us
+retry at the first step forever (and report discovery up and down on every retry).
 
 We read the stream ourselves instead of using `kubernetes_asyncio.watch.Watch`: that class builds
 a second API client per watch, retries a 410 with the same stale version, and hands non-JSON lines
@@ -76,8 +80,16 @@ class Backoff:
     jitter: float = 0.5  # each delay is shortened by up to this fraction, so peers spread out
 
     def delay(self, failures: int, rng: random.Random) -> float:
-        base = min(self.cap, self.initial * self.factor ** max(0, failures - 1))
+        # The exponent stops growing once the cap is reached: after ~1000 failures (hours of an
+        # API server being away) `factor ** failures` would overflow a float and kill the loop.
+        steps = min(max(0, failures - 1), self._steps_to_cap())
+        base = min(self.cap, self.initial * self.factor**steps)
         return base * (1.0 - self.jitter * rng.random())
+
+    def _steps_to_cap(self) -> int:
+        if self.factor <= 1.0 or self.initial <= 0.0 or self.cap <= self.initial:
+            return 0
+        return math.ceil(math.log(self.cap / self.initial, self.factor))
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +97,12 @@ class WatchSettings:
     resync_period: float = 300.0  # list again after this long; also the longest watch request
     request_timeout: float = 10.0  # connecting, listing, and silence beyond the watch's end
     backoff: Backoff = field(default_factory=Backoff)
+    # A watch counts as working once it delivered an event or bookmark, or stayed open this long
+    # (or half of what it asked the server for, if less): only then is the backoff reset.
+    healthy_after: float = 10.0
+    # `up` survives this many failed watches in a row (a dropped stream is routine and resumes at
+    # once); after that it is 0 until a watch works again. A failed list sets it to 0 at once.
+    down_after_failures: int = 3
 
 
 @dataclass(slots=True)
@@ -120,7 +138,11 @@ class WatchLoop:
         # Set after every list, event, bookmark and failure: what tests wait on instead of sleeping.
         self.activity = activity or asyncio.Event()
         self._rng = rng or random.Random()
-        self._failures = 0  # consecutive, for the backoff
+        self._failures = 0  # since the last working watch: the backoff step
+        self._watch_failures = 0  # watches failed in a row: `up` falls at down_after_failures
+        self._listed = False  # the latest list succeeded
+        self._watch_ok = False  # the current watch has proved itself
+        self._gone_in_a_row = 0  # watches expired (410) before they worked, relist after relist
         self.synced = asyncio.Event()  # the first list succeeded
         self.stats = WatchStats()
 
@@ -147,19 +169,52 @@ class WatchLoop:
             except Gone:
                 self.stats.gone += 1
                 log.info("watch version expired, listing again", collection=str(self.collection))
+                await self._after_gone()
                 return
             except RETRYABLE as exc:
+                self._watch_failures += 1
                 await self._failed(exc)
 
-    def _succeeded(self) -> None:
+    async def _after_gone(self) -> None:
+        """Relist at once after a 410, as kopf does, unless the watch from a fresh list's version
+        was already expired twice in a row: a server (or a caching proxy) answering every watch
+        with 410 would otherwise have us list and watch in a tight loop. Not an error: each list
+        succeeds and keeps the view current; it only slows down."""
+        if self._watch_ok:
+            self._gone_in_a_row = 0
+            return
+        self._gone_in_a_row += 1
+        if self._gone_in_a_row < 2:
+            return
+        delay = self._settings.backoff.delay(self._gone_in_a_row - 1, self._rng)
+        log.warning(
+            "watch expired right after a list again, slowing down",
+            collection=str(self.collection),
+            retry_in=round(delay, 3),
+            times=self._gone_in_a_row,
+        )
+        await asyncio.sleep(delay)
+
+    @property
+    def up(self) -> bool:
+        """Listed, and the watch is not failing repeatedly: what `meshprobe_discovery_up` shows."""
+        return self._listed and self._watch_failures < self._settings.down_after_failures
+
+    def _watch_healthy(self) -> None:
+        """The current watch delivered something or stayed open long enough (once per watch)."""
+        if self._watch_ok:
+            return
+        self._watch_ok = True
+        self._gone_in_a_row = 0
         self._failures = 0
-        self._on_health(True, None)
+        self._watch_failures = 0
+        self._on_health(self.up, None)
         self.activity.set()
 
     async def _failed(self, exc: Exception) -> None:
         self._failures += 1
         self.stats.failures += 1
-        self._on_health(False, exc)
+        self._on_health(self.up, exc)
         self.activity.set()
         delay = self._settings.backoff.delay(self._failures, self._rng)
         log.warning(
@@ -175,6 +230,7 @@ class WatchLoop:
         self.activity.set()
 
     async def _list(self) -> None:
+        self._listed = False  # until this list succeeds; a failure below reports down
         timeout = self._settings.request_timeout
         resp = await self._api.request(
             self.collection,
@@ -192,11 +248,14 @@ class WatchLoop:
         self._handler.replace(items)
         self.stats.lists += 1
         self.stats.resource_version = _version(body)
-        self._succeeded()
+        # A list proves the API answers, not that watching works: the backoff is left alone.
+        self._listed = True
+        self._on_health(self.up, None)
         self.synced.set()
         self._progress()
 
     async def _watch(self, timeout_seconds: int) -> None:
+        self._watch_ok = False
         timeout = self._settings.request_timeout
         resp = await self._api.request(
             self.collection,
@@ -207,24 +266,29 @@ class WatchLoop:
                 sock_connect=timeout, sock_read=timeout_seconds + timeout
             ),
         )
-        began = asyncio.get_running_loop().time()
-        events = self.stats.events + self.stats.bookmarks
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        proof: asyncio.TimerHandle | None = None
         try:
             await _check_status(resp)
             self.stats.watches += 1
-            self._succeeded()
+            # A server ends a quiet watch at its timeout, so half of that proves it as well.
+            healthy_after = min(self._settings.healthy_after, timeout_seconds / 2)
+            proof = loop.call_later(healthy_after, self._watch_healthy)
             async for line in resp.content:
-                if line.strip():
-                    self._event(line)
+                if line.strip() and self._event(line):
+                    self._watch_healthy()
         finally:
+            if proof is not None:
+                proof.cancel()
             resp.close()  # a watch connection is never reused
-        # A server ends a watch at its timeout; one that ends at once with nothing in it (a proxy
-        # answering 200 and closing) must back off like a failure, not spin.
-        early = asyncio.get_running_loop().time() - began < min(1.0, timeout_seconds / 2)
-        if early and events == self.stats.events + self.stats.bookmarks:
-            raise ApiError(200, "watch ended at once without events")
+        if not self._watch_ok:
+            # Answered 200 and ended with nothing in it (a proxy closing watches): a failure.
+            took = loop.time() - began
+            raise ApiError(200, f"watch ended after {took:.3f}s without an event")
 
-    def _event(self, line: bytes) -> None:
+    def _event(self, line: bytes) -> bool:
+        """Apply one line; True when it was an event or bookmark (proof the watch works)."""
         event = json.loads(line)
         if not isinstance(event, dict) or not isinstance(event.get("object"), dict):
             raise ValueError(f"watch line is not an event: {line[:200]!r}")
@@ -234,15 +298,18 @@ class WatchLoop:
             if code == 410:
                 raise Gone(obj.get("message", "gone"))
             raise ApiError(code if isinstance(code, int) else 0, str(obj.get("message", obj)))
+        known = True
         if kind == "BOOKMARK":
             self.stats.bookmarks += 1
         elif kind in ("ADDED", "MODIFIED", "DELETED"):
             self.stats.events += 1
             self._handler.apply(kind, obj)
         else:
+            known = False
             log.warning("unknown watch event type", type=kind, collection=str(self.collection))
         self.stats.resource_version = _version(obj) or self.stats.resource_version
         self._progress()
+        return known
 
 
 def _version(obj: Obj) -> str | None:

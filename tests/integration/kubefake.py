@@ -42,6 +42,7 @@ class Recorded:
     resource: str
     namespace: str | None
     query: dict[str, str]
+    at: float = 0.0  # the event loop's clock when the request arrived (for backoff tests)
 
 
 @dataclass(eq=False)
@@ -146,6 +147,7 @@ class FakeKube:
         self.failing: int | None = None  # answer every request with this HTTP status
         self.gone_as_status = False  # expired versions get HTTP 410, not an ERROR event in a 200
         self.hollow = False  # watches answer 200 and end at once, like a misbehaving proxy
+        self.always_gone = False  # every watch gets 410 Gone, even from a fresh list's version
         self.watches_opened = 0
 
     # -- server lifecycle ----------------------------------------------------------------------
@@ -285,7 +287,9 @@ class FakeKube:
         namespace = request.match_info.get("namespace")
         query = dict(request.query)
         watch = _parse_bool(query.get("watch"))
-        self.requests.append(Recorded("watch" if watch else "list", resource, namespace, query))
+        verb = "watch" if watch else "list"
+        now = asyncio.get_running_loop().time()
+        self.requests.append(Recorded(verb, resource, namespace, query, now))
         self._notify()
         if request.headers.get("Authorization") != f"Bearer {self.token}":
             return _status(401, "Unauthorized", "no or wrong bearer token")
@@ -325,9 +329,10 @@ class FakeKube:
             resource, namespace, matches, _parse_bool(query.get("allowWatchBookmarks"))
         )
         since = query.get("resourceVersion")
-        if since and int(since) < self._floor and self.gone_as_status:
+        expired = self.always_gone or bool(since and int(since) < self._floor)
+        if expired and self.gone_as_status:
             return _status(410, "Expired", "too old resource version")
-        if since and int(since) < self._floor:
+        if expired:
             watcher.queue.put_nowait(_gone_event())
         elif since:
             for rv, res, kind, obj in self._history:

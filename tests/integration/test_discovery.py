@@ -355,10 +355,10 @@ async def test_watch_ending_at_once_backs_off_instead_of_spinning(tmp_path: Path
             await fake.wait_for(lambda: fake.active_watches == 1)
             (loop,) = daemon.discovery.loops
             fake.hollow = True
-            fake.end_watches()  # a normal end: no failure, the watch resumes at once
+            fake.end_watches()  # ended early and empty: the first of the failures below
             await until_discovered(daemon, lambda: loop.stats.failures >= 3)
             # Backoff (50 ms doubling) spaces the empty watches: a spinning loop would have made
-            # hundreds of requests by now.
+            # hundreds of requests by now. (test_discovery_backoff checks the escalation.)
             assert fake.watches_opened <= loop.stats.failures + 2
             fake.hollow = False
             fake.put("services", service("default", "b", annotations=PROBED))

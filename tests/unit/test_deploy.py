@@ -25,7 +25,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from meshprobe import __version__
+from meshprobe import __version__, pki
 from meshprobe.discovery import rbac
 from meshprobe.discovery.config import TRUST_PRESETS
 from meshprobe.discovery.services import TargetDefaults, classify
@@ -423,9 +423,9 @@ def test_shipped_config_passes_meshprobe_check(
 ) -> None:
     overlay, mesh = variant
     deployment = one(docs, "Deployment")
-    mounts = materialize(
-        docs, tmp_path, {n: {k: "(mesh root)"} for n, k in MESH_CONFIGMAPS.items()}
-    )
+    # `check` loads the mounted bundle as `run` would: the mesh's root must be a real PEM root.
+    root = pki.make_root("mesh root").cert_pem().decode()
+    mounts = materialize(docs, tmp_path, {n: {k: root} for n, k in MESH_CONFIGMAPS.items()})
     args = [localize(a, mounts) for a in container(deployment)["args"]]
     env = {k: localize(v, mounts) for k, v in pod_env(deployment).items()}
     result = subprocess.run(
@@ -446,7 +446,7 @@ def test_shipped_config_passes_meshprobe_check(
     else:
         bundle = env["MESHPROBE_TRUST__BUNDLE_FILE"]
         assert f"trust bundle {bundle}," in summary
-        assert Path(bundle).read_text() == "(mesh root)"  # the mounted istio-ca-root-cert key
+        assert Path(bundle).read_text() == root  # the mounted istio-ca-root-cert key
 
 
 def test_config_without_the_cluster_label_is_rejected(

@@ -1,0 +1,142 @@
+"""The files a config names, read the way `meshprobe run` reads them when it starts.
+
+`check` and `run` share this so that a config `check` passes is one `run` can start with: a trust
+bundle that is missing, a directory, megabytes of garbage or PEM without one usable root stops
+both with exit 2 and `trust.bundle_file: <reason>`, instead of `config OK` in CI and then a
+crash-looping pod.
+
+Files that `run` reads only later are warnings in `check`, not errors: a target's `tls.ca_file`
+is read per probe (a bad one fails that target's probes with a reason, the others carry on) and
+an explicit kubeconfig is retried in the background (discovery stays down, `/readyz` unready).
+Neither stops the daemon, so neither should fail a CI gate that may run without those files.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from meshprobe.config import Settings
+from meshprobe.config_errors import ConfigError, ConfigIssue
+from meshprobe.tlscheck import TrustAnchors
+
+__all__ = ["MAX_PEM_BYTES", "file_warnings", "load_trust_bundle", "read_pem_file"]
+
+BUNDLE_FIELD = "trust.bundle_file"
+# A trust bundle is a few roots (the whole Mozilla bundle is about 200 KiB); anything bigger is a
+# wrong file, and reading it whole would let one bad mount push the pod over its memory limit.
+MAX_PEM_BYTES = 8 * 1024 * 1024
+_CHUNK = 1024 * 1024
+
+
+def shown(path: str) -> str:
+    """A file name as it may be printed: as written when it is plain text, else quoted and
+    escaped (repr escapes control characters and lone surrogates alike)."""
+    return path if path.isprintable() else repr(path)
+
+
+def read_pem_file(path: str, *, limit: int = MAX_PEM_BYTES) -> bytes:
+    """The file's bytes, refusing what is not a regular file of sane size; ValueError says why.
+
+    Opened non-blocking and checked with fstat before reading: a FIFO or a device named by
+    mistake (`/dev/zero`) must fail at once, not hang `check` or fill memory.
+    """
+    name = shown(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"{name}: no such file") from None
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot open: {exc.strerror or exc}") from None
+    except ValueError:  # NUL in the name, or characters the file system cannot encode
+        raise ValueError(f"{name}: not a usable file name") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise ValueError(f"{name}: is a directory, expected a PEM file")
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{name}: not a regular file, expected a PEM file")
+        too_big = f"{name}: larger than {limit // 1024 // 1024} MiB, not a PEM bundle"
+        if info.st_size > limit:
+            raise ValueError(too_big)
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, _CHUNK):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:  # it grew after fstat
+                raise ValueError(too_big)
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ValueError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+
+
+def read_anchors(path: str) -> TrustAnchors:
+    """Roots from a PEM file as the daemon uses them; ValueError names the file and the reason."""
+    return TrustAnchors.from_pem(read_pem_file(path), source=shown(path))
+
+
+def load_trust_bundle(settings: Settings) -> TrustAnchors | None:
+    """The configured trust bundle file, or None without one (system roots, or a ConfigMap).
+
+    Raises ConfigError on `trust.bundle_file`, so `check`, `run` and a reload report it the same
+    way as any other invalid setting.
+    """
+    path = settings.trust.bundle_file
+    if path is None:
+        return None
+    try:
+        return read_anchors(path)
+    except ValueError as exc:
+        raise ConfigError([ConfigIssue(BUNDLE_FIELD, str(exc))], shown(path)) from None
+
+
+def skipped_roots(anchors: TrustAnchors | None) -> list[ConfigIssue]:
+    """Bundle certificates the daemon will leave out, for `check` to show before `run` logs them."""
+    if anchors is None:
+        return []
+    return [
+        ConfigIssue(
+            BUNDLE_FIELD,
+            f"certificate skipped: {s.subject} ({s.fingerprint_sha256[:16]}): {s.reason}",
+        )
+        for s in anchors.skipped_roots
+    ]
+
+
+def file_warnings(settings: Settings) -> list[ConfigIssue]:
+    """Files `run` reads after start: problems that will fail probes or discovery, not start."""
+    out: list[ConfigIssue] = []
+    verdicts: dict[str, str | None] = {}
+    for index, spec in enumerate(settings.targets):
+        path = spec.tls.ca_file if spec.tls is not None else None
+        if path is None:
+            continue
+        if path not in verdicts:
+            try:
+                read_anchors(path)
+                verdicts[path] = None
+            except ValueError as exc:
+                verdicts[path] = str(exc)
+        if (problem := verdicts[path]) is not None:
+            reason = f"{problem} (this target's probes will fail with tls_untrusted)"
+            out.append(ConfigIssue(f"targets.{index}.tls.ca_file", reason))
+    kube = settings.discovery.kubernetes
+    uses_kube = kube.enabled or settings.trust.configmap is not None
+    if uses_kube and kube.kubeconfig is not None and not _any_exists(kube.kubeconfig):
+        reason = (
+            f"{shown(kube.kubeconfig)}: no such file (discovery will retry; "
+            "the pod stays unready until it appears)"
+        )
+        out.append(ConfigIssue("discovery.kubernetes.kubeconfig", reason))
+    return out
+
+
+def _any_exists(paths: str) -> bool:
+    """Like the client's own check: $KUBECONFIG-style lists merge the files that exist."""
+    try:
+        return any(os.path.exists(os.path.expanduser(p)) for p in paths.split(os.pathsep) if p)
+    except ValueError:  # NUL in a name: nothing by that name can exist
+        return False

@@ -69,7 +69,8 @@ def _window(
     return start, end
 
 
-def _ca_key_usage() -> x509.KeyUsage:
+def ca_key_usage() -> x509.KeyUsage:
+    """A CA's key usage: sign certificates and CRLs (and, as webpki wants, digital signatures)."""
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
@@ -128,7 +129,7 @@ def make_root(
     cert = (
         _builder(name, name, key.public_key(), _window(not_before, not_after, timedelta(days=3650)))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .sign(key, hashes.SHA256())
     )
     return Issued(cert, key)
@@ -152,7 +153,7 @@ def make_intermediate(
             _window(not_before, not_after, timedelta(days=365)),
         )
         .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
-        .add_extension(_ca_key_usage(), critical=True)
+        .add_extension(ca_key_usage(), critical=True)
         .add_extension(_aki(issuer), critical=False)
         .sign(issuer.key, hashes.SHA256())
     )

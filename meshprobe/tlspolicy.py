@@ -147,33 +147,28 @@ def leaf_problems(cert: x509.Certificate, summary: CertSummary, label: str) -> l
                 f"{label} has extendedKeyUsage {_eku_names(eku)} without serverAuth: it is not "
                 "a server certificate (X.509-SVIDs carry serverAuth and clientAuth)"
             )
-    if not summary.subject:
-        try:
-            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        except x509.ExtensionNotFound:
-            pass
-        else:
-            if not san.critical:
-                problems.append(
-                    f"{label} has an empty subject and a non-critical subjectAltName "
-                    "(RFC 5280 4.2.1.6 requires it critical)"
-                )
+    if not summary.subject and _present_but_not_critical(cert, x509.SubjectAlternativeName):
+        problems.append(
+            f"{label} has an empty subject and a non-critical subjectAltName "
+            "(RFC 5280 4.2.1.6 requires it critical)"
+        )
     return problems
+
+
+def _present_but_not_critical(cert: x509.Certificate, kind: type[x509.ExtensionType]) -> bool:
+    try:
+        return not cert.extensions.get_extension_for_class(kind).critical
+    except x509.ExtensionNotFound:
+        return False
 
 
 def issuer_problems(cert: x509.Certificate, label: str, *, anchor: bool) -> list[str]:
     """Per-issuer rules the verifier does not apply to every certificate it accepts. (No serial
     rule here: old roots with non-positive serials still anchor real chains.)"""
     problems = [p for p in (key_problem(cert, label),) if p]
-    if not anchor:
-        try:
-            pc = cert.extensions.get_extension_for_class(x509.PolicyConstraints)
-        except x509.ExtensionNotFound:
-            pass
-        else:
-            if not pc.critical:
-                problems.append(
-                    f"{label} has a non-critical policyConstraints extension "
-                    "(RFC 5280 4.2.1.11 requires it critical)"
-                )
+    if not anchor and _present_but_not_critical(cert, x509.PolicyConstraints):
+        problems.append(
+            f"{label} has a non-critical policyConstraints extension "
+            "(RFC 5280 4.2.1.11 requires it critical)"
+        )
     return problems

@@ -204,17 +204,7 @@ def many_roots(count: int, *, label: str = "bulk root") -> list[x509.Certificate
     key = ec.generate_private_key(ec.SECP256R1())
     start, end = NOW - timedelta(hours=1), NOW + timedelta(days=3650)
     ski = x509.SubjectKeyIdentifier.from_public_key(key.public_key())
-    usage = x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = pki.ca_key_usage()
     roots = []
     for i in range(count):
         subject = name(f"{label} {i:05d}")

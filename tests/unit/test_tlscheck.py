@@ -19,21 +19,6 @@ NOW = datetime.now(UTC)
 
 
 @pytest.fixture(scope="module")
-def root() -> pki.Issued:
-    return pki.make_root("mesh root")
-
-
-@pytest.fixture(scope="module")
-def inter(root: pki.Issued) -> pki.Issued:
-    return pki.make_intermediate(root, "cluster1 intermediate")
-
-
-@pytest.fixture(scope="module")
-def anchors(root: pki.Issued) -> TrustAnchors:
-    return TrustAnchors.from_pem(root.cert_pem(), source="test-bundle")
-
-
-@pytest.fixture(scope="module")
 def web_leaf(inter: pki.Issued) -> pki.Issued:
     return pki.make_leaf(inter, "api.example.com", dns_names=["api.example.com", "*.api.example"])
 

@@ -18,21 +18,6 @@ from tests import certkit
 from tests.certkit import der
 
 
-@pytest.fixture(scope="module")
-def root() -> pki.Issued:
-    return pki.make_root("mesh root")
-
-
-@pytest.fixture(scope="module")
-def inter(root: pki.Issued) -> pki.Issued:
-    return pki.make_intermediate(root, "cluster1 intermediate")
-
-
-@pytest.fixture(scope="module")
-def anchors(root: pki.Issued) -> TrustAnchors:
-    return TrustAnchors.from_pem(root.cert_pem(), source="test-bundle")
-
-
 def hostile_root(cn: str = "hostile root") -> pki.Issued:
     return certkit.ca(None, cn, extensions=[certkit.bad_name_constraints()])
 

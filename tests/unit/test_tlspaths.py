@@ -13,21 +13,6 @@ from tests import certkit
 from tests.certkit import NOW, der
 
 
-@pytest.fixture(scope="module")
-def root() -> pki.Issued:
-    return pki.make_root("mesh root")
-
-
-@pytest.fixture(scope="module")
-def inter(root: pki.Issued) -> pki.Issued:
-    return pki.make_intermediate(root, "cluster1 intermediate")
-
-
-@pytest.fixture(scope="module")
-def anchors(root: pki.Issued) -> TrustAnchors:
-    return TrustAnchors.from_pem(root.cert_pem(), source="test-bundle")
-
-
 def old_cross_cert(root: pki.Issued) -> pki.Issued:
     """An expired certificate for the same CA as `root`, signed by a retired root: what servers
     keep sending during a root migration (the AddTrust "chain of pain")."""

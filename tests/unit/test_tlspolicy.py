@@ -19,21 +19,6 @@ SERVER, CLIENT = ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUT
 SPIFFE = "spiffe://cluster.local/ns/mesh/sa/echo"
 
 
-@pytest.fixture(scope="module")
-def root() -> pki.Issued:
-    return pki.make_root("mesh root")
-
-
-@pytest.fixture(scope="module")
-def inter(root: pki.Issued) -> pki.Issued:
-    return pki.make_intermediate(root, "cluster1 intermediate")
-
-
-@pytest.fixture(scope="module")
-def anchors(root: pki.Issued) -> TrustAnchors:
-    return TrustAnchors.from_pem(root.cert_pem(), source="test-bundle")
-
-
 def judge(leaf: pki.Issued, inter: pki.Issued, anchors: TrustAnchors, **kw: Any) -> Any:
     kw.setdefault("server_name", "web.example")
     return assess_chain(der(leaf, inter), anchors=anchors, **kw)

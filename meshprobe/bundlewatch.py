@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import structlog
 
+from meshprobe.pemfile import read_pem_file
 from meshprobe.tlscheck import TrustAnchors
 
 log = structlog.get_logger(__name__)
@@ -27,7 +27,7 @@ class BundleWatcher:
     ) -> None:
         self.path = path
         self._on_change = on_change
-        self._good = Path(path).read_bytes()  # the content our roots came from
+        self._good = read_pem_file(path)  # the content our roots came from
         self._seen = self._good
         self.anchors = initial
         self.success = True
@@ -37,9 +37,9 @@ class BundleWatcher:
         """Re-read the file: None when unchanged, True when new roots were adopted, False when the
         new content was rejected (the previous roots stay)."""
         try:
-            data = Path(self.path).read_bytes()
-        except OSError as exc:
-            return self._reject(f"cannot read: {exc}")
+            data = read_pem_file(self.path)
+        except ValueError as exc:  # gone, a directory, too big: keep the roots we have
+            return self._reject(str(exc))
         if data == self._good:
             self._seen = data
             self.success = True  # e.g. a bad replacement was rolled back

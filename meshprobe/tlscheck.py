@@ -29,6 +29,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshprobe.model import CertRole, CertSummary, Reason, TLSReport
+from meshprobe.pemfile import read_pem_file, shown
 from meshprobe.tlsdiagnose import diagnose, extension_error, self_signed, window_problem
 from meshprobe.tlsnames import clip, identity_of, identity_problem, summarize
 from meshprobe.tlspolicy import CA_POLICY, EE_POLICY, cert_label, issuer_problems, leaf_problems
@@ -208,12 +209,8 @@ class TrustAnchors:
 
     @classmethod
     def from_file(cls, path: str | Path) -> TrustAnchors:
-        p = Path(path)
-        try:
-            data = p.read_bytes()
-        except OSError as exc:
-            raise ValueError(f"{p}: cannot read trust bundle: {exc.strerror or exc}") from exc
-        return cls.from_pem(data, source=str(p))
+        """Roots from a PEM file, read with the size and file-type checks of `pemfile`."""
+        return cls.from_pem(read_pem_file(str(path)), source=shown(str(path)))
 
     @classmethod
     def system(cls) -> TrustAnchors:

@@ -265,6 +265,20 @@ async def test_https_ca_file_overrides_bundle(
     assert_failed(unusable, Reason.TLS_UNTRUSTED)
 
 
+@pytest.mark.parametrize("path", ["/dev/zero", "."])
+async def test_a_ca_file_that_is_no_file_fails_at_once(
+    env: ProbeEnv, test_pki: TestPki, path: str
+) -> None:
+    """A device or a directory named as ca_file must not be read (an endless /dev/zero would
+    fill memory): the probe fails with a reason, well inside its timeout."""
+    async with FaultServer(faults.http(), tls=test_pki.good()) as srv:
+        result = await run_probe(make_target(srv.url("https"), tls={"ca_file": path}), env)
+    assert_failed(result, Reason.TLS_UNTRUSTED)
+    assert "ca_file unusable" in result.detail
+    assert "not a regular file" in result.detail or "is a directory" in result.detail
+    assert result.duration < 1.0
+
+
 @pytest.mark.parametrize("scheme", ["https", "tls"])
 async def test_tls_garbage_is_handshake_failure(env: ProbeEnv, scheme: str) -> None:
     async with FaultServer(faults.tls_garbage) as srv:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -19,6 +20,13 @@ from meshprobe.tlscheck import TrustAnchors
 
 log = structlog.get_logger(__name__)
 _LOGGED_ROOTS = 10
+
+
+@dataclass(frozen=True, slots=True)
+class _Reading:
+    data: bytes | None  # None: the file could not be read
+    anchors: TrustAnchors | None  # parsed only when the content is new and valid
+    error: str | None
 
 
 class BundleWatcher:
@@ -36,21 +44,41 @@ class BundleWatcher:
     def check(self) -> bool | None:
         """Re-read the file: None when unchanged, True when new roots were adopted, False when the
         new content was rejected (the previous roots stay)."""
+        return self._apply(self._read())
+
+    async def check_off_loop(self) -> bool | None:
+        """`check`, with the reading and parsing in a worker thread: a bundle of thousands of
+        roots takes over a second to parse, which must not stall the probes' event loop."""
+        return self._apply(await asyncio.to_thread(self._read))
+
+    def _read(self) -> _Reading:
+        """The file's content and, when it is new, its roots or why they are refused. Reads our
+        state, changes none of it (it may run in a worker thread)."""
         try:
             data = read_pem_file(self.path)
         except ValueError as exc:  # gone, a directory, too big: keep the roots we have
-            return self._reject(str(exc))
+            return _Reading(None, None, str(exc))
+        if data in (self._good, self._seen):
+            return _Reading(data, None, None)
+        try:
+            return _Reading(data, TrustAnchors.from_pem(data, source=self.path), None)
+        except ValueError as exc:
+            return _Reading(data, None, str(exc))
+
+    def _apply(self, reading: _Reading) -> bool | None:
+        data = reading.data
+        if data is None or reading.error is not None:
+            if data is not None:
+                self._seen = data
+            return self._reject(reading.error or "unreadable")
         if data == self._good:
             self._seen = data
             self.success = True  # e.g. a bad replacement was rolled back
             return None
-        if data == self._seen:
+        if data == self._seen or reading.anchors is None:
             return None if self.success else False
         self._seen = data
-        try:
-            anchors = TrustAnchors.from_pem(data, source=self.path)
-        except ValueError as exc:
-            return self._reject(str(exc))
+        anchors = reading.anchors
         self._good = data
         self.anchors = anchors
         self.success = True
@@ -73,8 +101,3 @@ class BundleWatcher:
             )
         self.success = False
         return False
-
-    async def run(self, period: float) -> None:
-        while True:
-            await asyncio.sleep(period)
-            self.check()

@@ -307,7 +307,10 @@ class Daemon:
         async def poll() -> None:
             while True:
                 await asyncio.sleep(period)
-                watch.check()
+                try:
+                    await watch.check_off_loop()
+                except Exception:  # a bug must not end trust reloading silently: log, go on
+                    log.exception("trust bundle check failed unexpectedly", path=path)
                 self.status.bundle_reload_success = watch.success
                 self.bundle_checked.set()
 

@@ -9,7 +9,6 @@ rotation, probing on stale roots beats probing on none.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -30,16 +29,12 @@ class _Reading:
 
 
 class BundleWatcher:
-    def __init__(
-        self, path: str, *, initial: TrustAnchors, on_change: Callable[[TrustAnchors], None]
-    ) -> None:
+    def __init__(self, path: str, *, on_change: Callable[[TrustAnchors], None]) -> None:
         self.path = path
         self._on_change = on_change
         self._good = read_pem_file(path)  # the content our roots came from
         self._seen = self._good
-        self.anchors = initial
         self.success = True
-        self.timestamp = time.time()
 
     def check(self) -> bool | None:
         """Re-read the file: None when unchanged, True when new roots were adopted, False when the
@@ -80,9 +75,7 @@ class BundleWatcher:
         self._seen = data
         anchors = reading.anchors
         self._good = data
-        self.anchors = anchors
         self.success = True
-        self.timestamp = time.time()
         self._on_change(anchors)
         fingerprints = sorted(anchors.fingerprints())
         # A few fingerprints identify a mesh bundle; an OS-sized one would make a huge line.

@@ -63,6 +63,7 @@ from meshprobe.config_yaml import read_yaml_mapping
 from meshprobe.discovery.config import Discovery, TrustConfigMap, describe_kubernetes
 from meshprobe.durations import format_duration
 from meshprobe.model import SCHEME_KIND, Scope, Target, TLSOptions
+from meshprobe.targets import make_target
 from meshprobe.webconfig import WebConfig
 
 __all__ = [
@@ -83,7 +84,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "MESHPROBE_"
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 _METHOD = re.compile(r"[A-Z]+")
 
 
@@ -324,31 +324,17 @@ class Settings(BaseSettings):
         return [self._build_target(spec) for spec in self.targets]
 
     def _build_target(self, spec: TargetSpec) -> Target:
-        parts = urlsplit(spec.url)
-        scheme = parts.scheme
-        host = parts.hostname or ""
-        port = parts.port if parts.port is not None else _DEFAULT_PORTS[scheme]
-        path = "/"
-        if scheme in _DEFAULT_PORTS:
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        cluster = self.target_cluster(spec)
-        scope = Scope.LOCAL if cluster == self.cluster else Scope.REMOTE
-        scope_budget = (
-            self.defaults.budget.local if scope is Scope.LOCAL else self.defaults.budget.remote
-        )
         tls = spec.tls or TLSSpec()
-        return Target(
+        return make_target(
             name=spec.name,
             url=spec.url,
-            scheme=scheme,
-            host=host,
-            port=port,
-            path=path,
-            cluster=cluster,
-            scope=scope,
+            cluster=self.target_cluster(spec),
+            own_cluster=self.cluster,
             interval=spec.interval or self.defaults.interval,
             timeout=spec.timeout or self.defaults.timeout,
-            budget=spec.budget or scope_budget,
+            budget=spec.budget,
+            local_budget=self.defaults.budget.local,
+            remote_budget=self.defaults.budget.remote,
             expected_status=frozenset(spec.expected_status),
             body_regex=spec.body_regex,
             body_limit=spec.body_limit or self.defaults.body_limit,
@@ -362,7 +348,6 @@ class Settings(BaseSettings):
                 server_name=tls.server_name,
                 insecure_skip_verify=tls.insecure_skip_verify,
             ),
-            discovery="static",
         )
 
 

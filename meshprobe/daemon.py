@@ -95,7 +95,6 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._lag_task: asyncio.Task[None] | None = None
         self.peers: PeerWatcher | None = None
-        self.bundle_watch: BundleWatcher | None = None
         self._bundle_task: asyncio.Task[None] | None = None
         self.bundle_checked = asyncio.Event()  # set after each poll of the bundle file
         self.discovery: Discovery | None = None
@@ -296,12 +295,10 @@ class Daemon:
         if self._bundle_task is not None:
             self._bundle_task.cancel()
             self._bundle_task = None
-        self.bundle_watch = None
         path = settings.trust.bundle_file
         if path is None or bundle is None:
             return
-        watch = BundleWatcher(path, initial=bundle, on_change=self._adopt_bundle)
-        self.bundle_watch = watch
+        watch = BundleWatcher(path, on_change=self._adopt_bundle)
         period = max(0.2, min(5.0, settings.defaults.interval / 2))
 
         async def poll() -> None:

@@ -116,7 +116,9 @@ class MeshprobeCollector(Collector):
         status = self._status
         src = self._source
         info = InfoMetricFamily(
-            "meshprobe_build", "meshprobe build information.", labels=["source_cluster"]
+            m.BUILD_INFO.removesuffix("_info"),  # the family adds the suffix
+            "meshprobe build information.",
+            labels=["source_cluster"],
         )
         info.add_metric([src], {"version": __version__})
         yield info

@@ -11,6 +11,13 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from urllib.parse import urlsplit, urlunsplit
 
+from meshprobe import __version__
+
+# The responder names the cluster that answered in this header; probes read it (failover).
+CLUSTER_HEADER = "X-Meshprobe-Cluster"
+# Every request meshprobe makes says who it is (probes, peers, the Kubernetes API).
+USER_AGENT = f"meshprobe/{__version__}"
+
 
 def redact_url(url: str) -> str:
     """The URL as it may be shown (logs, errors, status pages): userinfo is a credential, so a

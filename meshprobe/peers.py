@@ -28,8 +28,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from meshprobe import metricnames as m
 from meshprobe.identity import IDENTITY_MAX_BYTES
-from meshprobe.model import Scope, Target, redact_url
+from meshprobe.model import Target, redact_url
 from meshprobe.probes import ProbeEnv
+from meshprobe.targets import make_target
 from meshprobe.tasks import cancel_and_wait
 from meshprobe.tlsrecord import HandshakeRecorder, recording_context
 
@@ -57,20 +58,16 @@ class PeerStatus:
 def peer_echo_target(peer: Peer, *, interval: float, timeout: float, budget: float) -> Target:
     """Each peer's /v1/echo is an ordinary remote edge, so the cluster x cluster matrix has
     latency for every pair even where no application service is exported yet."""
-    url = peer.url.rstrip("/") + "/v1/echo"
-    parts = urlsplit(url)
-    return Target(
+    return make_target(
         name=PEER_TARGET_NAME,
-        url=url,
-        scheme=parts.scheme,
-        host=parts.hostname or "",
-        port=parts.port or (443 if parts.scheme == "https" else 80),
-        path=parts.path,
+        url=peer.url.rstrip("/") + "/v1/echo",
         cluster=peer.cluster,
-        scope=Scope.REMOTE,
+        own_cluster="",  # a peer is another cluster: always remote
         interval=interval,
         timeout=timeout,
         budget=budget,
+        local_budget=budget,
+        remote_budget=budget,
         discovery="peer",
     )
 

@@ -15,8 +15,7 @@ from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from meshprobe.identity import encode
-
-CLUSTER_HEADER = "X-Meshprobe-Cluster"
+from meshprobe.model import CLUSTER_HEADER
 
 # The encoded identity document, built when its inputs change (`identity.PublishedIdentity`), or
 # a mapping encoded per request for small fixed documents (the demo's, test responders').

@@ -22,8 +22,8 @@ from kubernetes_asyncio.config.incluster_config import (
     InClusterConfigLoader,
 )
 
-import meshprobe
 from meshprobe.discovery import rbac
+from meshprobe.model import USER_AGENT
 
 DEFAULT_KUBECONFIG = "~/.kube/config"
 
@@ -152,6 +152,6 @@ async def connect(
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ClientSetupError(f"cannot load Kubernetes credentials: {exc}") from None
     api_client = k8s_client.ApiClient(configuration=configuration)
-    api_client.user_agent = f"meshprobe/{meshprobe.__version__}"
+    api_client.user_agent = USER_AGENT
     host = str(configuration.host)
     return KubeApi(api_client, Credentials(source=source, context=context, host=host))

@@ -17,9 +17,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from meshprobe.durations import format_duration, parse_duration
-from meshprobe.model import SCHEME_KIND, Scope, Target, TLSOptions
+from meshprobe.durations import parse_duration
+from meshprobe.model import SCHEME_KIND, Target, TLSOptions
 from meshprobe.peers import Peer
+from meshprobe.targets import TimeoutOverInterval, make_target
 
 PREFIX = "meshprobe.io/"
 PROBE = PREFIX + "probe"
@@ -233,34 +234,23 @@ def build_target(
             raise AnnotationError(IDENTITY, f"an identity needs scheme https or tls, not {scheme}")
         if not identity:
             raise AnnotationError(IDENTITY, "must not be empty")
-    target_cluster = cluster or defaults.cluster
-    scope = Scope.LOCAL if target_cluster == defaults.cluster else Scope.REMOTE
-    interval = _duration(annotations, INTERVAL) or defaults.interval
-    timeout = _duration(annotations, TIMEOUT) or defaults.timeout
-    if timeout > interval:
-        key = TIMEOUT if TIMEOUT in annotations else INTERVAL
-        raise AnnotationError(
-            key,
-            f"timeout {format_duration(timeout)} is longer than the interval "
-            f"{format_duration(interval)}",
+    try:
+        return make_target(
+            name=name,
+            url=url,
+            cluster=cluster or defaults.cluster,
+            own_cluster=defaults.cluster,
+            interval=_duration(annotations, INTERVAL) or defaults.interval,
+            timeout=_duration(annotations, TIMEOUT) or defaults.timeout,
+            budget=_duration(annotations, BUDGET),
+            local_budget=defaults.budget_local,
+            remote_budget=defaults.budget_remote,
+            body_limit=defaults.body_limit,
+            tls=TLSOptions(identity=identity),
+            discovery=SOURCE_LINKERD if cluster is not None else SOURCE_SERVICES,
         )
-    default_budget = defaults.budget_local if scope is Scope.LOCAL else defaults.budget_remote
-    return Target(
-        name=name,
-        url=url,
-        scheme=scheme,
-        host=host,
-        port=number,
-        path=path,
-        cluster=target_cluster,
-        scope=scope,
-        interval=interval,
-        timeout=timeout,
-        budget=_duration(annotations, BUDGET) or default_budget,
-        body_limit=defaults.body_limit,
-        tls=TLSOptions(identity=identity),
-        discovery=SOURCE_LINKERD if cluster is not None else SOURCE_SERVICES,
-    )
+    except TimeoutOverInterval as exc:
+        raise AnnotationError(TIMEOUT if TIMEOUT in annotations else INTERVAL, str(exc)) from None
 
 
 def build_peer(

@@ -17,30 +17,26 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import aiohttp
 
-import meshprobe
-from meshprobe.model import Phase, ProbeResult, Reason, Target, TCPStats, TLSReport
+from meshprobe.model import USER_AGENT, Phase, ProbeResult, Reason, Target, TCPStats, TLSReport
 from meshprobe.probes.tcpinfo import read_tcp_info
 from meshprobe.tlscheck import TrustAnchors
 from meshprobe.tlsrecord import RecordingContext
 from meshprobe.verdictcache import VerdictCache
 
 __all__ = [
-    "USER_AGENT",
     "Attempt",
     "KeepAlive",
     "ProbeEnv",
     "TraceEvent",
-    "TraceSink",
     "close_attempt",
     "current_attempt",
     "open_attempt",
 ]
 
-USER_AGENT = f"meshprobe/{meshprobe.__version__}"
 
 # The longest detail a result carries (logs, `meshprobe probe`): enough for any real cause.
 DETAIL_LIMIT = 1024
@@ -124,12 +120,6 @@ def open_attempt() -> tuple[Attempt, contextvars.Token[Attempt]]:
 
 def close_attempt(token: contextvars.Token[Attempt]) -> None:
     _ATTEMPT.reset(token)
-
-
-class TraceSink(Protocol):
-    """Receives aiohttp's trace events for one request (passed as `trace_request_ctx`)."""
-
-    def trace(self, event: TraceEvent) -> None: ...
 
 
 TraceEvent = Literal["dns_start", "dns_end", "conn_start", "conn_end", "reuse", "sent", "redirect"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import aiohttp
 from yarl import URL
 
-from meshprobe.model import Phase, ProbeResult, Reason, Target
+from meshprobe.model import CLUSTER_HEADER, Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, current_attempt
 from meshprobe.probes.tcp import connect_reason
 from meshprobe.probes.tls import (
@@ -27,9 +27,8 @@ from meshprobe.probes.tls import (
 )
 from meshprobe.tlsrecord import HandshakeRecorder, RecordingContext
 
-__all__ = ["SERVED_BY_HEADER", "probe_http"]
+__all__ = ["probe_http"]
 
-SERVED_BY_HEADER = "X-Meshprobe-Cluster"
 _CHUNK = 64 * 1024  # the most body we ever hold beyond `body_limit`
 _ALPN = ("http/1.1",)
 _RESET_ERRNOS = {errno.ECONNRESET, errno.EPIPE, errno.ECONNABORTED}
@@ -271,7 +270,7 @@ async def probe_http(target: Target, env: ProbeEnv) -> ProbeResult:
         ) as resp:
             timeline.answered(time.perf_counter())
             attempt.status_code = resp.status
-            attempt.served_by = resp.headers.get(SERVED_BY_HEADER)
+            attempt.served_by = resp.headers.get(CLUSTER_HEADER)
             if not _status_ok(target, resp.status):
                 return attempt.result(Reason.HTTP_STATUS, f"status {resp.status}")
             failure = await _read_body(resp, target, env, attempt)

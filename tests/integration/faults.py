@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 from meshprobe import pki
-from meshprobe.model import Scope, Target, TLSOptions
+from meshprobe.model import Target, TLSOptions
 from meshprobe.pki import Issued
+from meshprobe.targets import make_target as make_target_from_url
 from meshprobe.tlscheck import TrustAnchors
 
 SPIFFE_ID = "spiffe://cluster.local/ns/mesh/sa/echo"
@@ -32,7 +32,6 @@ OTHER_SPIFFE_ID = "spiffe://cluster.local/ns/other/sa/intruder"
 UNKNOWN_HOST = "-meshprobe-nxdomain-.invalid"
 # The kernel refuses to route TCP to the limited broadcast address: ENETUNREACH, no packet sent.
 
-_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 Handler = Callable[["FaultServer", asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -359,28 +358,22 @@ def make_test_pki() -> TestPki:
 
 
 def make_target(url: str, **overrides: Any) -> Target:
-    """A Target as config would build it, with short timeouts so faults fail fast."""
-    parts = urlsplit(url)
-    scheme = parts.scheme
-    host = parts.hostname or ""
-    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    fields: dict[str, Any] = {
-        "name": "test/target",
-        "url": url,
-        "scheme": scheme,
-        "host": host,
-        "port": parts.port or _DEFAULT_PORTS.get(scheme, 0),
-        "path": path if scheme in ("http", "https") else "/",
-        "cluster": "cluster1",
-        "scope": Scope.LOCAL,
-        "interval": 10.0,
-        "timeout": 2.0,
-        "budget": 0.05,
-    }
+    """A Target from the one factory config and discovery use, with short timeouts so faults
+    fail fast; `tls` may be given as a dict of TLSOptions fields."""
     tls = overrides.pop("tls", None)
     if isinstance(tls, dict):
         tls = TLSOptions(**tls)
     if tls is not None:
-        fields["tls"] = tls
-    fields.update(overrides)
-    return Target(**fields)
+        overrides["tls"] = tls
+    fields: dict[str, Any] = {
+        "name": "test/target",
+        "cluster": "cluster1",
+        "own_cluster": "cluster1",
+        "interval": max(10.0, overrides.get("timeout", 0.0)),  # room for a long timeout
+        "timeout": 2.0,
+        "budget": 0.05,
+        "local_budget": 0.05,
+        "remote_budget": 0.15,
+        **overrides,
+    }
+    return make_target_from_url(url=url, **fields)

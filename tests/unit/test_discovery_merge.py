@@ -13,24 +13,23 @@ from meshprobe.discovery import services as ann
 from meshprobe.discovery.catalog import ServiceCatalog
 from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import Backoff
-from meshprobe.model import Scope, Target
+from meshprobe.model import Target
 from meshprobe.peers import Peer
+from meshprobe.targets import make_target
 from tests.unit.test_discovery_services import DEFAULTS, svc
 
 
 def target(name: str, url: str, discovery: str = "static", cluster: str = "c1") -> Target:
-    return Target(
+    return make_target(
         name=name,
         url=url,
-        scheme="http",
-        host="h",
-        port=80,
-        path="/",
         cluster=cluster,
-        scope=Scope.LOCAL,
+        own_cluster="c1",
         interval=1.0,
         timeout=0.5,
         budget=0.05,
+        local_budget=0.05,
+        remote_budget=0.15,
         discovery=discovery,
     )
 

@@ -1,24 +1,27 @@
 from dataclasses import replace
 
-from meshprobe.model import KIND_REASONS, ProbeKind, ProbeResult, Reason, Scope, Target
+from meshprobe.model import KIND_REASONS, ProbeKind, ProbeResult, Reason, Target
 from meshprobe.state import ProbeState
+from meshprobe.targets import make_target
 
 
 def target(name: str = "ns/svc", scheme: str = "http", **kw: object) -> Target:
-    base = Target(
-        name=name,
-        url=f"{scheme}://127.0.0.1:1/",
-        scheme=scheme,
-        host="127.0.0.1",
-        port=1,
-        path="/",
-        cluster="c2",
-        scope=Scope.REMOTE,
-        interval=1.0,
-        timeout=0.5,
-        budget=0.1,
-    )
-    return replace(base, **kw)  # type: ignore[arg-type]
+    """A remote edge (c1 probing c2) from the one Target factory. An interval or timeout given
+    here is set afterwards, unchecked: scheduler tests need timings the factory would refuse."""
+    url = str(kw.pop("url", f"{scheme}://127.0.0.1:1/"))
+    timing = {k: kw.pop(k) for k in ("interval", "timeout") if k in kw}
+    options: dict[str, object] = {
+        "cluster": "c2",
+        "own_cluster": "c1",
+        "interval": 1.0,
+        "timeout": 0.5,
+        "budget": 0.1,
+        "local_budget": 0.05,
+        "remote_budget": 0.1,
+        **kw,
+    }
+    made = make_target(name=name, url=url, **options)  # type: ignore[arg-type]
+    return replace(made, **timing)  # type: ignore[arg-type]
 
 
 def test_new_edge_starts_with_zero_counters_for_its_kind() -> None:

@@ -374,7 +374,7 @@ def test_from_pem_deduplicates(root: pki.Issued) -> None:
 
 
 def test_from_file_missing(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="absent.pem: no such file"):
+    with pytest.raises(ValueError, match=r"absent\.pem: no such file"):
         TrustAnchors.from_file(tmp_path / "absent.pem")
 
 

@@ -28,13 +28,74 @@ class _Reading:
     error: str | None
 
 
+class KeepLastGood:
+    """The one policy every trust-bundle source follows (the file here, the ConfigMap in
+    `discovery.trustmap`): content that parses replaces the roots; content that does not, or its
+    absence, keeps the roots we had, because during a botched rotation probing on stale roots
+    beats probing on none. Each rejection reason is logged (and counted) once; `success` says
+    whether the source's current content is the one in use."""
+
+    def __init__(
+        self,
+        *,
+        source: str,
+        adopt: Callable[[TrustAnchors], None],
+        on_rejected: Callable[[], None] | None = None,
+        initial: bytes | None = None,
+    ) -> None:
+        self.source = source
+        self._adopt = adopt
+        self._on_rejected = on_rejected
+        self._good = initial  # the content our roots came from
+        self._rejected: str | None = None  # the last reason, so each is logged once
+        self.success = True
+
+    def in_use(self, content: bytes) -> bool:
+        return content == self._good
+
+    def keep(self) -> None:
+        """The source shows the content in use (again, e.g. a bad replacement rolled back)."""
+        self._rejected = None
+        self.success = True
+
+    def adopt(self, content: bytes, anchors: TrustAnchors) -> None:
+        self._good = content
+        self.keep()
+        self._adopt(anchors)
+        fingerprints = sorted(anchors.fingerprints())
+        # A few fingerprints identify a mesh bundle; an OS-sized one would make a huge line.
+        log.info(
+            "trust bundle loaded",
+            source=self.source,
+            root_count=len(fingerprints),
+            roots=fingerprints[:_LOGGED_ROOTS],
+        )
+
+    def reject(self, reason: str) -> None:
+        if reason != self._rejected:
+            log.error(
+                "trust bundle rejected, keeping the previous roots",
+                source=self.source,
+                reason=reason,
+                have_roots=self._good is not None,
+            )
+            if self._on_rejected is not None:
+                self._on_rejected()
+        self._rejected = reason
+        self.success = False
+
+
 class BundleWatcher:
+    """The bundle file, polled (see the module docstring) under the keep-last-good policy."""
+
     def __init__(self, path: str, *, on_change: Callable[[TrustAnchors], None]) -> None:
         self.path = path
-        self._on_change = on_change
-        self._good = read_pem_file(path)  # the content our roots came from
-        self._seen = self._good
-        self.success = True
+        self._seen = read_pem_file(path)  # the last content read, good or not
+        self._policy = KeepLastGood(source=path, adopt=on_change, initial=self._seen)
+
+    @property
+    def success(self) -> bool:
+        return self._policy.success
 
     def check(self) -> bool | None:
         """Re-read the file: None when unchanged, True when new roots were adopted, False when the
@@ -53,7 +114,7 @@ class BundleWatcher:
             data = read_pem_file(self.path)
         except ValueError as exc:  # gone, a directory, too big: keep the roots we have
             return _Reading(None, None, str(exc))
-        if data in (self._good, self._seen):
+        if data == self._seen or self._policy.in_use(data):
             return _Reading(data, None, None)
         try:
             return _Reading(data, TrustAnchors.from_pem(data, source=self.path), None)
@@ -61,36 +122,17 @@ class BundleWatcher:
             return _Reading(data, None, str(exc))
 
     def _apply(self, reading: _Reading) -> bool | None:
+        policy = self._policy
         data = reading.data
-        if data is None or reading.error is not None:
-            if data is not None:
-                self._seen = data
-            return self._reject(reading.error or "unreadable")
-        if data == self._good:
+        if data is not None:
             self._seen = data
-            self.success = True  # e.g. a bad replacement was rolled back
+        if data is None or reading.error is not None:
+            policy.reject(reading.error or "unreadable")
+            return False
+        if policy.in_use(data):
+            policy.keep()
             return None
-        if data == self._seen or reading.anchors is None:
-            return None if self.success else False
-        self._seen = data
-        anchors = reading.anchors
-        self._good = data
-        self.success = True
-        self._on_change(anchors)
-        fingerprints = sorted(anchors.fingerprints())
-        # A few fingerprints identify a mesh bundle; an OS-sized one would make a huge line.
-        log.info(
-            "trust bundle reloaded",
-            path=self.path,
-            root_count=len(fingerprints),
-            roots=fingerprints[:_LOGGED_ROOTS],
-        )
+        if reading.anchors is None:  # the same content as last time, already judged
+            return None if policy.success else False
+        policy.adopt(data, reading.anchors)
         return True
-
-    def _reject(self, reason: str) -> bool:
-        if self.success:  # one line per failure, not per poll
-            log.error(
-                "trust bundle rejected, keeping the previous roots", path=self.path, reason=reason
-            )
-        self.success = False
-        return False

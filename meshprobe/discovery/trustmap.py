@@ -1,10 +1,10 @@
 """The trust bundle from a ConfigMap (Istio's `istio-ca-root-cert`, Linkerd's
 `linkerd-identity-trust-roots`), watched so a root rotation is in use within seconds.
 
-It follows the file watcher's rules (`meshprobe.bundlewatch`): content that does not parse, a
-missing key or a deleted ConfigMap keeps the roots we had, because during a botched rotation
-probing on stale roots beats probing on none; the rejection is logged once and shows as
-`meshprobe_trust_bundle_reload_success 0`.
+It follows the bundle file's policy (`meshprobe.bundlewatch.KeepLastGood`): content that does
+not parse, a missing key or a deleted ConfigMap keeps the roots we had, because during a botched
+rotation probing on stale roots beats probing on none; each rejection is logged once and shows
+as `meshprobe_trust_bundle_reload_success 0`.
 """
 
 from __future__ import annotations
@@ -14,13 +14,15 @@ from typing import Any
 
 import structlog
 
+from meshprobe.bundlewatch import KeepLastGood
 from meshprobe.tlscheck import TrustAnchors
 
 log = structlog.get_logger(__name__)
 
 
 class ConfigMapBundle:
-    """The watch handler for the one ConfigMap (the loop selects it by name)."""
+    """The watch handler for the one ConfigMap (the loop selects it by name), under the same
+    keep-last-good policy as the bundle file."""
 
     def __init__(
         self,
@@ -33,12 +35,8 @@ class ConfigMapBundle:
         on_error: Callable[[], None],
     ) -> None:
         self.namespace, self.name, self.key = namespace, name, key
-        self._adopt = adopt  # new roots
         self._report = report  # whether the current content is in use
-        self._on_error = on_error  # one rejected content
-        self._good: str | None = None  # the PEM our roots came from
-        self._rejected: str | None = None  # the last reason, so each is logged once
-        self.anchors: TrustAnchors | None = None
+        self._policy = KeepLastGood(source=self.where, adopt=adopt, on_rejected=on_error)
 
     @property
     def where(self) -> str:
@@ -69,32 +67,18 @@ class ConfigMapBundle:
         if not isinstance(pem, str) or not pem.strip():
             self._reject(f"no key {self.key!r} in the ConfigMap")
             return
-        if pem == self._good:
-            self._accepted()
-            return
-        try:
-            anchors = TrustAnchors.from_pem(pem.encode(), source=self.where)
-        except ValueError as exc:
-            self._reject(str(exc))
-            return
-        self._good = pem
-        self.anchors = anchors
-        self._accepted()
-        self._adopt(anchors)
-        log.info("trust bundle loaded", source=self.where, roots=sorted(anchors.fingerprints()))
-
-    def _accepted(self) -> None:
-        self._rejected = None
+        content = pem.encode()
+        if self._policy.in_use(content):
+            self._policy.keep()
+        else:
+            try:
+                anchors = TrustAnchors.from_pem(content, source=self.where)
+            except ValueError as exc:
+                self._reject(str(exc))
+                return
+            self._policy.adopt(content, anchors)
         self._report(True)
 
     def _reject(self, reason: str) -> None:
-        if reason != self._rejected:
-            log.error(
-                "trust bundle rejected, keeping the previous roots",
-                source=self.where,
-                reason=reason,
-                have_roots=self.anchors is not None,
-            )
-            self._on_error()
-        self._rejected = reason
+        self._policy.reject(reason)
         self._report(False)

@@ -17,17 +17,12 @@ import os
 
 from meshprobe.config import Settings
 from meshprobe.config_errors import ConfigError, ConfigIssue
-from meshprobe.pemfile import MAX_PEM_BYTES, read_pem_file, shown
+from meshprobe.pemfile import shown
 from meshprobe.tlscheck import TrustAnchors
 
-__all__ = ["MAX_PEM_BYTES", "file_warnings", "load_trust_bundle", "read_pem_file"]
+__all__ = ["file_warnings", "load_trust_bundle"]
 
 BUNDLE_FIELD = "trust.bundle_file"
-
-
-def read_anchors(path: str) -> TrustAnchors:
-    """Roots from a PEM file as the daemon uses them; ValueError names the file and the reason."""
-    return TrustAnchors.from_pem(read_pem_file(path), source=shown(path))
 
 
 def load_trust_bundle(settings: Settings) -> TrustAnchors | None:
@@ -40,7 +35,7 @@ def load_trust_bundle(settings: Settings) -> TrustAnchors | None:
     if path is None:
         return None
     try:
-        return read_anchors(path)
+        return TrustAnchors.from_file(path)
     except ValueError as exc:
         raise ConfigError([ConfigIssue(BUNDLE_FIELD, str(exc))], shown(path)) from None
 
@@ -68,7 +63,7 @@ def file_warnings(settings: Settings) -> list[ConfigIssue]:
             continue
         if path not in verdicts:
             try:
-                read_anchors(path)
+                TrustAnchors.from_file(path)
                 verdicts[path] = None
             except ValueError as exc:
                 verdicts[path] = str(exc)

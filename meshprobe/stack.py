@@ -107,7 +107,8 @@ async def _wait_http(url: str, proc: asyncio.subprocess.Process, what: str) -> N
             await asyncio.sleep(0.1)  # polling a child process's readiness endpoint
 
 
-async def _stop(proc: asyncio.subprocess.Process) -> None:
+async def stop_process(proc: asyncio.subprocess.Process) -> None:
+    """SIGTERM, then SIGKILL if the child has not gone within 10 s."""
     if proc.returncode is None:
         proc.terminate()
         try:
@@ -200,6 +201,6 @@ async def run_stack(
         await _wait_http(f"{stack.prometheus_url}/-/ready", prom, "prometheus")
         yield stack
     finally:
-        await _stop(prom)
-        await _stop(am)
+        await stop_process(prom)
+        await stop_process(am)
         log.close()

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from meshprobe.stack import PROMETHEUS, Stack, free_port
+from meshprobe.stack import PROMETHEUS, Stack, free_port, stop_process
 from tests.integration.weblistenerkit import (
     PASSWORD,
     SERVER_NAME,
@@ -71,14 +71,7 @@ async def prometheus(workdir: Path, scrape_configs: list[dict[str, Any]]) -> Asy
         await _until(lambda: _ready(stack, proc), "prometheus ready")
         yield stack
     finally:
-        if proc.returncode is None:
-            proc.terminate()
-            try:
-                async with asyncio.timeout(10):
-                    await proc.wait()
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc)
 
 
 async def _ready(stack: Stack, proc: asyncio.subprocess.Process) -> bool:

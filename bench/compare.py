@@ -45,7 +45,7 @@ import aiohttp
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshprobe import pki
+from meshprobe.demo import pki
 
 HOST = "127.0.3.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -245,8 +245,8 @@ def run_meshprobe_cost(world: World, proto: str, rate: int, window: float, warmu
 
 async def meshprobe_timing(world: World, proto: str, rate: int, window: float) -> list[float]:
     """Per-probe durations through the daemon's result listener (see the module docstring)."""
-    from meshprobe.config import load_settings_from_mapping  # noqa: PLC0415
-    from meshprobe.daemon import Daemon  # noqa: PLC0415
+    from meshprobe.config.settings import load_settings_from_mapping  # noqa: PLC0415
+    from meshprobe.daemon.lifecycle import Daemon  # noqa: PLC0415
 
     config = meshprobe_config(world, proto, rate, "1s", 0)
     daemon = Daemon(load_settings_from_mapping(config))

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 RESPONDER = """
 import asyncio, sys
 from aiohttp import web
-from meshprobe.server import build_app
+from meshprobe.web.server import build_app
 
 async def main() -> None:
     app = build_app(cluster="bench", identity=lambda: {})

@@ -45,7 +45,7 @@ from typing import Any, BinaryIO, NoReturn
 
 import yaml
 
-from meshprobe import pki
+from meshprobe.demo import pki
 
 HOST = "127.0.3.1"
 HERE = Path(__file__).parent

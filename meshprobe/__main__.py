@@ -1,3 +1,3 @@
-from meshprobe.cli import main
+from meshprobe.cli.main import main
 
 raise SystemExit(main())

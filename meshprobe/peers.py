@@ -26,13 +26,13 @@ import aiohttp
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from meshprobe import metricnames as m
-from meshprobe.identity import IDENTITY_MAX_BYTES
+from meshprobe.config.targets import make_target
+from meshprobe.metrics import names as m
 from meshprobe.model import Target, redact_url
 from meshprobe.probes import ProbeEnv
-from meshprobe.targets import make_target
 from meshprobe.tasks import cancel_and_wait
-from meshprobe.tlsrecord import HandshakeRecorder, recording_context
+from meshprobe.trust.identity import IDENTITY_MAX_BYTES
+from meshprobe.trust.record import HandshakeRecorder, recording_context
 
 log = structlog.get_logger(__name__)
 

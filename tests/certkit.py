@@ -1,5 +1,5 @@
-"""Certificates `meshprobe.pki` will not make: weak keys, odd usages, SHA-1 signatures, malformed
-extensions. Everything is minted in the test that uses it; nothing is stored.
+"""Certificates `meshprobe.demo.pki` will not make: weak keys, odd usages, SHA-1 signatures,
+malformed extensions. Everything is minted in the test that uses it; nothing is stored.
 
 cryptography's builder refuses to sign with SHA-1 and to repeat an extension, so those two are
 made by editing the DER of a certificate it did build (a few TLV helpers) and signing the edited
@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshprobe import pki
+from meshprobe.demo import pki
 
 NOW = datetime.now(UTC)
 ECDSA_SHA1 = bytes.fromhex("300906072a8648ce3d0401")  # AlgorithmIdentifier ecdsa-with-SHA1

@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from meshprobe import metricnames
+from meshprobe.metrics import names as metricnames
 
 DASHBOARD_DIR = Path(__file__).resolve().parents[1] / "grafana"
 
@@ -188,7 +188,7 @@ def _identifiers(expr: str) -> tuple[set[str], set[str]]:
 
 
 def meshprobe_metric_names() -> frozenset[str]:
-    """Every name meshprobe exports (from meshprobe/metricnames.py) with the exposition suffixes."""
+    """Every name meshprobe exports (meshprobe/metrics/names.py) with the exposition suffixes."""
     bases = {
         value
         for key, value in vars(metricnames).items()

@@ -18,18 +18,18 @@ from collections.abc import Callable, Mapping
 
 import structlog
 
-from meshprobe.config import Settings
+from meshprobe.config.settings import Settings
 from meshprobe.discovery import rbac
 from meshprobe.discovery.catalog import ServiceCatalog
 from meshprobe.discovery.client import ClientSetupError, Collection, KubeApi, connect
 from meshprobe.discovery.services import SOURCE_LINKERD, SOURCE_SERVICES, TargetDefaults
 from meshprobe.discovery.trustmap import ConfigMapBundle
 from meshprobe.discovery.watch import WatchHandler, WatchLoop, WatchSettings
-from meshprobe.exporter import DiscoveryHealth
+from meshprobe.metrics.instance import DiscoveryHealth
 from meshprobe.model import Target
 from meshprobe.peers import Peer
 from meshprobe.tasks import cancel_and_wait
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.verdict import TrustAnchors
 
 log = structlog.get_logger(__name__)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Final
 
-from meshprobe.discovery.config import TRUST_PRESETS
+from meshprobe.config.discovery import TRUST_PRESETS
 
 LIST: Final = "list"
 WATCH: Final = "watch"

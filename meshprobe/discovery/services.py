@@ -17,10 +17,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from meshprobe.durations import parse_duration
+from meshprobe.config.durations import parse_duration
+from meshprobe.config.targets import TimeoutOverInterval, make_target
 from meshprobe.model import SCHEME_KIND, Target, TLSOptions
 from meshprobe.peers import Peer
-from meshprobe.targets import TimeoutOverInterval, make_target
 
 PREFIX = "meshprobe.io/"
 PROBE = PREFIX + "probe"

@@ -1,7 +1,7 @@
 """The trust bundle from a ConfigMap (Istio's `istio-ca-root-cert`, Linkerd's
 `linkerd-identity-trust-roots`), watched so a root rotation is in use within seconds.
 
-It follows the bundle file's policy (`meshprobe.bundlewatch.KeepLastGood`): content that does
+It follows the bundle file's policy (`meshprobe.trust.bundlesource.KeepLastGood`): content that does
 not parse, a missing key or a deleted ConfigMap keeps the roots we had, because during a botched
 rotation probing on stale roots beats probing on none; each rejection is logged once and shows
 as `meshprobe_trust_bundle_reload_success 0`.
@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
-from meshprobe.bundlewatch import KeepLastGood
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.bundlesource import KeepLastGood
+from meshprobe.trust.verdict import TrustAnchors
 
 log = structlog.get_logger(__name__)
 

@@ -1,7 +1,7 @@
 """`http://` and `https://` probes through aiohttp, with blackbox_exporter's five phases.
 
 aiohttp's tracing gives DNS, connection and request-sent moments; the TLS moments come from the
-recording context (see `meshprobe.tlsrecord`), which also fails the handshake on a bad verdict so
+recording context (see `meshprobe.trust.record`), which also fails the handshake on a bad verdict so
 no request reaches an untrusted server. Every probe uses a fresh connection unless the target asks
 for keepalive, because a reused connection would hide exactly the latency (connect, TLS) that
 cross-cluster problems show up in.
@@ -25,7 +25,7 @@ from meshprobe.probes.tls import (
     refresh_recorder,
     target_context,
 )
-from meshprobe.tlsrecord import HandshakeRecorder, RecordingContext
+from meshprobe.trust.record import HandshakeRecorder, RecordingContext
 
 __all__ = ["probe_http"]
 

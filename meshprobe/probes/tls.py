@@ -15,7 +15,7 @@ import time
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, current_attempt
 from meshprobe.probes.tcp import ConnectFailed, connect, resolve
-from meshprobe.tlsrecord import HandshakeRecorder, RecordingContext, recording_context
+from meshprobe.trust.record import HandshakeRecorder, RecordingContext, recording_context
 
 __all__ = [
     "expected_name",

@@ -19,17 +19,17 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 
-from meshprobe import pki
-from meshprobe.config import load_settings_from_mapping
-from meshprobe.daemon import Daemon
-from meshprobe.server import start_site
-from meshprobe.stack import (
+from meshprobe.config.settings import load_settings_from_mapping
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
+from meshprobe.demo.stack import (
     Stack,
     free_port,
     run_stack,
     scale_durations,
     stack_available,
 )
+from meshprobe.web.server import start_site
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "meshprobe-rules.yaml"
 SPEEDUP = 60  # 1h windows become 1 min, `for: 5m` becomes 5 s

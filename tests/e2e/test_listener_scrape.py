@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 import yaml
 
-from meshprobe.stack import PROMETHEUS, Stack, free_port, stop_process
+from meshprobe.demo.stack import PROMETHEUS, Stack, free_port, stop_process
 from tests.integration.weblistenerkit import (
     PASSWORD,
     SERVER_NAME,

@@ -14,9 +14,9 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshprobe.daemon import Daemon
+from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.model import ProbeResult, Target
-from meshprobe.server import build_app, start_site
+from meshprobe.web.server import build_app, start_site
 
 
 @contextlib.asynccontextmanager

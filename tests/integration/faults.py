@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from types import TracebackType
 from typing import Any
 
-from meshprobe import pki
+from meshprobe.config.targets import make_target as make_target_from_url
+from meshprobe.demo import pki
+from meshprobe.demo.pki import Issued
 from meshprobe.model import Target, TLSOptions
-from meshprobe.pki import Issued
-from meshprobe.targets import make_target as make_target_from_url
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.verdict import TrustAnchors
 
 SPIFFE_ID = "spiffe://cluster.local/ns/mesh/sa/echo"
 OTHER_SPIFFE_ID = "spiffe://cluster.local/ns/other/sa/intruder"

@@ -10,8 +10,8 @@ from typing import Any
 
 import yaml
 
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
+from meshprobe.config.settings import load_settings
+from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.discovery.watch import Backoff, WatchSettings
 from meshprobe.model import Target
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from tests.integration.daemonkit import responder, write_config
 
 MESHPROBE = [sys.executable, "-m", "meshprobe"]

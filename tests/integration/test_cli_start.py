@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from tests import certkit
 from tests.integration.daemonkit import write_config
 from tests.integration.test_cli import run

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from tests.integration.test_cli import ENV, MESHPROBE, run
 from tests.integration.weblistenerkit import PASSWORD, USER, bcrypt_hash, make_listener_pki
 

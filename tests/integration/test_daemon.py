@@ -17,9 +17,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from structlog.testing import capture_logs
 
-from meshprobe import pki
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
+from meshprobe.config.settings import load_settings
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
 from tests.integration.daemonkit import Rounds, responder, samples, scrape, write_config
 
 pytestmark = pytest.mark.asyncio

@@ -28,8 +28,9 @@ import aiohttp
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from meshprobe import __version__, pki
-from meshprobe.discovery.config import TRUST_PRESETS
+from meshprobe import __version__
+from meshprobe.config.discovery import TRUST_PRESETS
+from meshprobe.demo import pki
 from tests.integration.kubefake import FakeKube, configmap, free_port
 from tests.unit.test_deploy import (
     DEFAULT_MESH,

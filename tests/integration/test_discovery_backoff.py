@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
+from meshprobe.config.settings import load_settings
+from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.discovery import services as ann
 from meshprobe.discovery.watch import Backoff, WatchSettings
 from tests.integration.daemonkit import samples, scrape_daemon

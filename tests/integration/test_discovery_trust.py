@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import hashes
 
-from meshprobe import pki
-from meshprobe.daemon import Daemon
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
+from meshprobe.demo.pki import Issued
 from meshprobe.discovery import rbac
 from meshprobe.discovery import services as ann
 from meshprobe.discovery.client import Collection, connect
 from meshprobe.discovery.watch import Backoff, WatchLoop, WatchSettings
-from meshprobe.pki import Issued
 from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon
 from tests.integration.faults import TestPki
 from tests.integration.kubefake import FakeKube, configmap, service

@@ -10,8 +10,8 @@ import shutil
 from asyncio.subprocess import PIPE
 from pathlib import Path
 
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
+from meshprobe.config.settings import load_settings
+from meshprobe.daemon.lifecycle import Daemon
 from tests.integration.daemonkit import Rounds, samples, scrape, write_config
 from tests.integration.faults import FaultServer
 

@@ -7,9 +7,9 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from meshprobe import pki
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
+from meshprobe.config.settings import load_settings
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
 from tests.integration.daemonkit import Rounds, samples, scrape, write_config
 from tests.integration.faults import (
     SPIFFE_ID,

@@ -19,12 +19,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from structlog.testing import capture_logs
 
-from meshprobe import pki
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
-from meshprobe.identity import IDENTITY_MAX_BYTES
+from meshprobe.config.settings import load_settings
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
 from meshprobe.peers import PeerStatus
-from meshprobe.server import start_site
+from meshprobe.trust.identity import IDENTITY_MAX_BYTES
+from meshprobe.web.server import start_site
 from tests.certkit import many_roots, pem
 from tests.integration.daemonkit import samples, scrape_daemon, write_config
 

@@ -13,12 +13,13 @@ import yaml
 from cryptography import x509
 from structlog.testing import capture_logs
 
-from meshprobe import pki, webauth
-from meshprobe.config import ConfigError, load_settings
-from meshprobe.daemon import Daemon
-from meshprobe.server import build_app, start_site
-from meshprobe.webconfig import TLSServerConfig, WebConfig
-from meshprobe.weblistener import ListenerSecurity
+from meshprobe.config.settings import ConfigError, load_settings
+from meshprobe.config.web import TLSServerConfig, WebConfig
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
+from meshprobe.web import auth as webauth
+from meshprobe.web.listener import ListenerSecurity
+from meshprobe.web.server import build_app, start_site
 from tests.integration.weblistenerkit import (
     PASSWORD,
     USER,
@@ -168,7 +169,7 @@ async def test_rotated_files_are_served_to_new_connections(tls: ListenerPki) -> 
 async def test_the_watch_task_picks_up_rotations(
     tls: ListenerPki, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("meshprobe.daemon.FILES_PERIOD", 0.05)
+    monkeypatch.setattr("meshprobe.daemon.lifecycle.FILES_PERIOD", 0.05)
     async with running_daemon({"tls_server_config": tls.tls_section()}) as daemon:
         rotated = tls.issue_server()
         async with asyncio.timeout(10):

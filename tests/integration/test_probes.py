@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes
 from structlog.testing import capture_logs
 
 import meshprobe
-from meshprobe import pki, probes
+from meshprobe import probes
+from meshprobe.demo import pki
 from meshprobe.model import CertRole, Phase, ProbeKind, ProbeResult, Reason, Target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.probes.tcp import connect_reason
@@ -381,7 +382,7 @@ async def test_crash_inside_tls_assessment_becomes_protocol(
     def crash(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("assessment bug")
 
-    monkeypatch.setattr("meshprobe.verdictcache.assess_chain", crash)
+    monkeypatch.setattr("meshprobe.trust.cache.assess_chain", crash)
     async with FaultServer(faults.http(), tls=test_pki.good()) as srv:
         with capture_logs() as logs:
             https = await run_probe(make_target(srv.url("https")), env)

@@ -152,7 +152,7 @@ def test_tracebacks_in_json_logs_carry_no_frame_locals() -> None:
     headers, URL credentials) must not be in it."""
     code = (
         "import structlog\n"
-        "from meshprobe.logsetup import configure_logging\n"
+        "from meshprobe.daemon.logsetup import configure_logging\n"
         "configure_logging('info', 'json')\n"
         "def probe():\n"
         f"    headers = {{'Authorization': 'Bearer {TOKEN}'}}\n"

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshprobe import metricnames as m
-from meshprobe.exposition import edge_exposition
+from meshprobe.metrics import names as m
+from meshprobe.metrics.edges import edge_exposition
 from meshprobe.probes import ProbeEnv, run_probe
-from meshprobe.state import ProbeState
+from meshprobe.state.edges import ProbeState
 from tests.integration import faults
 from tests.integration.faults import SPIFFE_ID, FaultServer, TestPki, make_target
 

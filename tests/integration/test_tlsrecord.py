@@ -14,7 +14,12 @@ import aiohttp
 import pytest
 
 from meshprobe.model import CertRole, Reason
-from meshprobe.tlsrecord import HandshakeRecorder, RecorderFault, TrustRejected, recording_context
+from meshprobe.trust.record import (
+    HandshakeRecorder,
+    RecorderFault,
+    TrustRejected,
+    recording_context,
+)
 from tests.integration import faults
 from tests.integration.faults import SPIFFE_ID, FaultServer, TestPki
 
@@ -97,7 +102,7 @@ async def test_crash_in_assessment_fails_fast_as_ssl_error(
     def crash(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("bug")
 
-    monkeypatch.setattr("meshprobe.tlsrecord.assess_chain", crash)
+    monkeypatch.setattr("meshprobe.trust.record.assess_chain", crash)
     rec = recorder(test_pki)
     async with FaultServer(faults.hold, tls=test_pki.good()) as srv:
         async with asyncio.timeout(2):  # a non-SSLError would hang the transport instead

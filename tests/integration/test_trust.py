@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from meshprobe import pki
-from meshprobe.config import load_settings
-from meshprobe.daemon import Daemon
+from meshprobe.config.settings import load_settings
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
+from meshprobe.demo.pki import Issued
 from meshprobe.model import Reason
-from meshprobe.pki import Issued
 from meshprobe.probes import ProbeEnv, run_probe
-from meshprobe.server import start_site
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.web.server import start_site
 from tests.integration.daemonkit import samples, scrape, scrape_daemon, write_config
 from tests.integration.faults import FaultServer, TestPki, echo, make_target
 

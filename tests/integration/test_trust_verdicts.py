@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from meshprobe.model import CertRole, ProbeResult, Reason
 from meshprobe.probes import ProbeEnv, run_probe
 from tests import certkit

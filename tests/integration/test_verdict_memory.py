@@ -15,7 +15,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from meshprobe.probes import ProbeEnv, run_probe
 from tests import certkit
 from tests.integration import faults

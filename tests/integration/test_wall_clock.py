@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshprobe.exposition import edge_exposition
+from meshprobe.metrics.edges import edge_exposition
 from meshprobe.model import Phase, ProbeResult, Target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.probes.tcpinfo import SUPPORTED as TCP_INFO_SUPPORTED
-from meshprobe.state import ProbeState
+from meshprobe.state.edges import ProbeState
 from tests.integration import faults
 from tests.integration.faults import SPIFFE_ID, FaultServer, Reply, Request, TestPki, make_target
 

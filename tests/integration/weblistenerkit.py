@@ -13,9 +13,9 @@ from typing import Any
 import aiohttp
 import bcrypt
 
-from meshprobe import pki
-from meshprobe.config import load_settings_from_mapping
-from meshprobe.daemon import Daemon
+from meshprobe.config.settings import load_settings_from_mapping
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.demo import pki
 
 SERVER_NAME = "meshprobe.test"
 USER = "prometheus"

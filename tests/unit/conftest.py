@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from meshprobe import pki
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.demo import pki
+from meshprobe.trust.verdict import TrustAnchors
 
 
 @pytest.fixture(scope="module")

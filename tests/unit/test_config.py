@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from meshprobe.config import (
+from meshprobe.config.settings import (
     ConfigError,
     ConfigIssue,
     Settings,

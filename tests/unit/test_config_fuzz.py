@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from meshprobe.config import (
+from meshprobe.config.settings import (
     ConfigError,
     ConfigIssue,
     Settings,
@@ -27,7 +27,7 @@ from meshprobe.config import (
     load_settings_from_mapping,
     summarize,
 )
-from meshprobe.config_files import file_warnings, load_trust_bundle
+from meshprobe.trust.configfiles import file_warnings, load_trust_bundle
 
 FUZZ = settings(
     max_examples=100,

@@ -25,9 +25,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from meshprobe import __version__, pki
+from meshprobe import __version__
+from meshprobe.config.discovery import TRUST_PRESETS
+from meshprobe.demo import pki
 from meshprobe.discovery import rbac
-from meshprobe.discovery.config import TRUST_PRESETS
 from meshprobe.discovery.services import TargetDefaults, classify
 
 Obj = dict[str, Any]

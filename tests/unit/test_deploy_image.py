@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from meshprobe import __version__
-from meshprobe.cli import build_parser
+from meshprobe.cli.main import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -220,7 +220,7 @@ def test_entrypoint_with_the_deployments_args_is_meshprobe_run(dockerfile: Docke
     (entrypoint,) = dockerfile.stages[-1].all("ENTRYPOINT")
     argv = json.loads(entrypoint)  # exec form: meshprobe is PID 1 and gets SIGTERM itself
     assert argv == ["meshprobe", "run"]
-    assert PYPROJECT["project"]["scripts"]["meshprobe"] == "meshprobe.cli:main"
+    assert PYPROJECT["project"]["scripts"]["meshprobe"] == "meshprobe.cli.main:main"
     (main,) = yaml.safe_load(DEPLOYMENT.read_text())["spec"]["template"]["spec"]["containers"]
     assert "command" not in main  # the image's entrypoint stays
     parsed = build_parser().parse_args(argv[1:] + main["args"])

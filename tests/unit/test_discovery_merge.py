@@ -8,14 +8,14 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from meshprobe.config import ConfigError, load_settings_from_mapping
+from meshprobe.config.settings import ConfigError, load_settings_from_mapping
+from meshprobe.config.targets import make_target
 from meshprobe.discovery import services as ann
 from meshprobe.discovery.catalog import ServiceCatalog
 from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import Backoff
 from meshprobe.model import Target
 from meshprobe.peers import Peer
-from meshprobe.targets import make_target
 from tests.unit.test_discovery_services import DEFAULTS, svc
 
 
@@ -188,7 +188,7 @@ def test_config_errors(data: dict[str, Any], path: str, reason: str) -> None:
 
 
 def test_cli_kube_flags_override_the_file() -> None:
-    from meshprobe.cli import _with_kube_flags, build_parser  # noqa: PLC0415
+    from meshprobe.cli.main import _with_kube_flags, build_parser  # noqa: PLC0415
 
     args = build_parser().parse_args(["run", "--kubeconfig", "/k", "--context", "east"])
     settings = load_settings_from_mapping(
@@ -200,7 +200,7 @@ def test_cli_kube_flags_override_the_file() -> None:
 
 
 def test_check_summary_names_the_kubernetes_sources() -> None:
-    from meshprobe.config import summarize  # noqa: PLC0415
+    from meshprobe.config.settings import summarize  # noqa: PLC0415
 
     settings = load_settings_from_mapping(
         {

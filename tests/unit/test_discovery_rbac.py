@@ -6,8 +6,8 @@ from pathlib import Path
 
 import yaml
 
+from meshprobe.config.discovery import TRUST_PRESETS
 from meshprobe.discovery import rbac
-from meshprobe.discovery.config import TRUST_PRESETS
 
 RBAC_YAML = Path(__file__).parents[2] / "deploy" / "base" / "rbac.yaml"
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from meshprobe.durations import format_duration, parse_duration
+from meshprobe.config.durations import format_duration, parse_duration
 
 
 @pytest.mark.parametrize(

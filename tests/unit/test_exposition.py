@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshprobe.exposition import SLICE, edge_exposition
+from meshprobe.metrics.edges import SLICE, edge_exposition
 from meshprobe.model import (
     CertRole,
     CertSummary,
@@ -17,7 +17,7 @@ from meshprobe.model import (
     TCPStats,
     TLSReport,
 )
-from meshprobe.state import ProbeState
+from meshprobe.state.edges import ProbeState
 from tests.unit.test_state import target
 
 BASE = target('ns/svc "quoted"\\back', scheme="https", url="https://127.0.0.1:1/")

@@ -1,4 +1,4 @@
-from meshprobe.histogram import Histogram
+from meshprobe.state.histogram import Histogram
 
 
 def test_buckets_are_inclusive_upper_bounds_and_cumulative() -> None:

@@ -11,8 +11,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from meshprobe import pki
-from meshprobe.identity import (
+from meshprobe.demo import pki
+from meshprobe.peers import IdentityError, parse_identity
+from meshprobe.trust.identity import (
     IDENTITY_MAX_BYTES,
     PublishedIdentity,
     build_identity,
@@ -20,8 +21,7 @@ from meshprobe.identity import (
     identity_document,
     publication_order,
 )
-from meshprobe.peers import IdentityError, parse_identity
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.verdict import TrustAnchors
 from tests.certkit import many_roots
 
 

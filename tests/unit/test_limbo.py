@@ -34,7 +34,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 from structlog.testing import capture_logs
 
 from meshprobe.model import Reason, TLSReport
-from meshprobe.tlscheck import TrustAnchors, assess_chain
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 
 LIMBO = Path(__file__).resolve().parents[3] / "shared/limbo/limbo.json.gz"
 DOC = Path(__file__).resolve().parents[2] / "docs/trust-conformance.md"

@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshprobe import pki
+from meshprobe.demo import pki
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
+from meshprobe.cli.report import render
 from meshprobe.model import CertRole, CertSummary, ProbeResult, Scope, Target, TLSReport
-from meshprobe.report import render
 
 
 def cert(subject: str, role: CertRole, **kw: object) -> CertSummary:

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 import yaml
 
-from meshprobe import metricnames as m
-from meshprobe.exporter import InstanceStatus, MeshprobeCollector
-from meshprobe.exposition import FAMILIES
-from meshprobe.state import ProbeState
+from meshprobe.metrics import names as m
+from meshprobe.metrics.edges import FAMILIES
+from meshprobe.metrics.instance import InstanceStatus, MeshprobeCollector
+from meshprobe.state.edges import ProbeState
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "meshprobe-rules.yaml"
@@ -338,8 +338,8 @@ def test_metric_name_lexer() -> None:
 
 
 def exposed_names() -> set[str]:
-    """Sample names meshprobe exposes for the names in metricnames.py, by metric type: the edge
-    families of the fast exposition, the instance collector's, and the names of metricnames.py
+    """Sample names meshprobe exposes for the names in metrics/names.py, by metric type: the edge
+    families of the fast exposition, the instance collector's, and the names of metrics/names.py
     that only appear with peers, discovery or a trust bundle configured."""
     types = {family.name: family.kind for family in FAMILIES}
     collector = MeshprobeCollector(source_cluster="c1", state=ProbeState(), status=InstanceStatus())
@@ -374,6 +374,6 @@ def test_every_metric_in_the_rules_is_one_meshprobe_exports() -> None:
         for text in rule.get("annotations", {}).values():
             used |= set(re.findall(r"\bmeshprobe_[a-z_]+", text))
     unknown = used - exposed - records - {"up"}
-    assert not unknown, f"not exported by meshprobe (see meshprobe/metricnames.py): {unknown}"
+    assert not unknown, f"not exported by meshprobe (see meshprobe/metrics/names.py): {unknown}"
     assert m.DISCOVERY_UP in used
     assert m.DISCOVERY_ERRORS + "_total" in used

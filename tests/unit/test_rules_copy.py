@@ -3,7 +3,7 @@ only difference, so what they show holds for the shipped file."""
 
 from pathlib import Path
 
-from meshprobe.stack import durations_normalised, scale_durations
+from meshprobe.demo.stack import durations_normalised, scale_durations
 
 RULES = Path(__file__).parents[2] / "deploy" / "prometheus" / "meshprobe-rules.yaml"
 

@@ -7,8 +7,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import replace
 
+from meshprobe.daemon.scheduler import Scheduler
 from meshprobe.model import ProbeResult, Target
-from meshprobe.scheduler import Scheduler
 from tests.unit.test_state import target
 
 

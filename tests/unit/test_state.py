@@ -1,8 +1,8 @@
 from dataclasses import replace
 
+from meshprobe.config.targets import make_target
 from meshprobe.model import KIND_REASONS, ProbeKind, ProbeResult, Reason, Target
-from meshprobe.state import ProbeState
-from meshprobe.targets import make_target
+from meshprobe.state.edges import ProbeState
 
 
 def target(name: str = "ns/svc", scheme: str = "http", **kw: object) -> Target:

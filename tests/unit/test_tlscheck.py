@@ -10,9 +10,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from meshprobe.model import CertRole, Reason
-from meshprobe.tlscheck import TrustAnchors, assess_chain, load_pem_bundle, summarize
+from meshprobe.trust.verdict import TrustAnchors, assess_chain, load_pem_bundle, summarize
 
 SPIFFE = "spiffe://cluster.local/ns/production/sa/api-server"
 NOW = datetime.now(UTC)

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from meshprobe import metricnames as m
-from meshprobe import pki
-from meshprobe.exporter import InstanceStatus, MeshprobeCollector
+from meshprobe.demo import pki
+from meshprobe.metrics import names as m
+from meshprobe.metrics.instance import InstanceStatus, MeshprobeCollector
 from meshprobe.model import Reason
-from meshprobe.state import ProbeState
-from meshprobe.tlscheck import TrustAnchors, assess_chain
+from meshprobe.state.edges import ProbeState
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 from tests import certkit
 from tests.certkit import der
 

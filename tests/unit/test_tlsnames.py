@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from meshprobe.model import Reason
-from meshprobe.tlscheck import TrustAnchors, assess_chain
-from meshprobe.verdictcache import VerdictCache
+from meshprobe.trust.cache import VerdictCache
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 from tests import certkit
 from tests.certkit import der
 

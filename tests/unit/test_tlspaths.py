@@ -6,9 +6,9 @@ from datetime import timedelta
 
 import pytest
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from meshprobe.model import CertRole, Reason
-from meshprobe.tlscheck import TrustAnchors, assess_chain
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 from tests import certkit
 from tests.certkit import NOW, der
 
@@ -124,7 +124,7 @@ def test_a_bug_in_judging_is_still_a_verdict(
     def broken(*_args: object, **_kwargs: object) -> list[str]:
         raise KeyError("bug")
 
-    monkeypatch.setattr("meshprobe.tlscheck.leaf_problems", broken)
+    monkeypatch.setattr("meshprobe.trust.verdict.leaf_problems", broken)
     rep = assess_chain(der(certkit.leaf(inter), inter), anchors=anchors, server_name=None)
     assert rep.reason is Reason.TLS_UNTRUSTED
     assert rep.detail.startswith("the presented chain could not be judged: KeyError")
@@ -137,7 +137,7 @@ def test_a_bug_in_reading_the_chain_is_still_a_verdict(
     def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("bug")
 
-    monkeypatch.setattr("meshprobe.tlscheck.summarize", broken)
+    monkeypatch.setattr("meshprobe.trust.verdict.summarize", broken)
     rep = assess_chain(der(certkit.leaf(inter), inter), anchors=anchors, server_name=None)
     assert rep.reason is Reason.TLS_UNTRUSTED
     assert rep.detail == "the presented chain could not be read: RuntimeError: bug"

@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from meshprobe.model import Reason
-from meshprobe.tlscheck import TrustAnchors, assess_chain
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 from tests import certkit
 from tests.certkit import der
 

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from meshprobe import pki
+from meshprobe.demo import pki
 from meshprobe.model import Reason
-from meshprobe.tlscheck import TrustAnchors, assess_chain
-from meshprobe.verdictcache import DEFAULT_MAX_BYTES, VerdictCache, footprint
+from meshprobe.trust.cache import DEFAULT_MAX_BYTES, VerdictCache, footprint
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 
 ARGS: dict[str, Any] = {
     "server_name": "svc.example",

@@ -9,8 +9,8 @@ from collections.abc import AsyncIterator
 import bcrypt
 import pytest
 
-from meshprobe import webauth
-from meshprobe.webauth import BasicAuth, Verdict, parse_basic
+from meshprobe.web import auth as webauth
+from meshprobe.web.auth import BasicAuth, Verdict, parse_basic
 
 PASSWORD = b"correct horse"
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from meshprobe.config import ConfigError, load_settings_from_mapping
-from meshprobe.webconfig import (
+from meshprobe.config.settings import ConfigError, load_settings_from_mapping
+from meshprobe.config.web import (
     WebConfig,
     describe_web,
     effective_web_config,

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from meshprobe import __version__
 
 if TYPE_CHECKING:
-    from meshprobe.config import ConfigError, Settings
+    from meshprobe.config.settings import ConfigError, Settings
 
 EXIT_INVALID_CONFIG = 2  # the config, or a file it names: `check` says the same
 EXIT_CANNOT_START = 1  # a valid config this host refused (the listen address is taken, ...)
@@ -43,7 +43,7 @@ def _config_path(args: argparse.Namespace) -> Path | None:
 
 def _load(path: Path | None, heading: str) -> Settings | None:
     """The one place `check` and `run` load a config: same messages, same exit code."""
-    from meshprobe.config import ConfigError, load_settings  # noqa: PLC0415
+    from meshprobe.config.settings import ConfigError, load_settings  # noqa: PLC0415
 
     try:
         return load_settings(path)
@@ -61,9 +61,9 @@ def _check_web(
 ) -> str | None:
     """The effective web config, its TLS files loaded once: a summary line, or None after
     printing every problem (the same way as the main config's)."""
-    from meshprobe.config import ConfigError  # noqa: PLC0415
-    from meshprobe.webconfig import describe_web, effective_web_config  # noqa: PLC0415
-    from meshprobe.weblistener import ListenerSecurity  # noqa: PLC0415
+    from meshprobe.config.settings import ConfigError  # noqa: PLC0415
+    from meshprobe.config.web import describe_web, effective_web_config  # noqa: PLC0415
+    from meshprobe.web.listener import ListenerSecurity  # noqa: PLC0415
 
     try:
         web = effective_web_config(settings.web, web_path)
@@ -75,7 +75,7 @@ def _check_web(
 
 
 def _print_invalid(exc: ConfigError, heading: str, path: Path | None) -> None:
-    from meshprobe.config import format_issues  # noqa: PLC0415
+    from meshprobe.config.settings import format_issues  # noqa: PLC0415
 
     print(f"{heading}: {path if path is not None else '<env>'}", file=sys.stderr)
     print(format_issues(exc.errors), file=sys.stderr)
@@ -85,13 +85,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and load every file `run` loads at start (the trust bundle, the
     listener's certificate), so a config that passes here does not crash-loop a pod; files read
     only later are warnings."""
-    from meshprobe.config import ConfigError, summarize  # noqa: PLC0415
-    from meshprobe.config_files import (  # noqa: PLC0415
+    from meshprobe.config.settings import ConfigError, summarize  # noqa: PLC0415
+    from meshprobe.daemon.logsetup import configure_logging  # noqa: PLC0415
+    from meshprobe.trust.configfiles import (  # noqa: PLC0415
         file_warnings,
         load_trust_bundle,
         skipped_roots,
     )
-    from meshprobe.logsetup import configure_logging  # noqa: PLC0415
 
     path = _config_path(args)
     settings = _load(path, "config invalid")
@@ -114,7 +114,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from meshprobe.logsetup import configure_logging  # noqa: PLC0415
+    from meshprobe.daemon.logsetup import configure_logging  # noqa: PLC0415
 
     path = _config_path(args)
     settings = _load(path, "config invalid, not starting")
@@ -145,8 +145,8 @@ async def _run_daemon(
     exit code, never a traceback: a bad trust bundle or listener certificate (loaded first
     thing at start, with the same checks and words as `check`) exits 2; a listen address this
     host refuses exits 1."""
-    from meshprobe.config import ConfigError  # noqa: PLC0415
-    from meshprobe.daemon import Daemon  # noqa: PLC0415
+    from meshprobe.config.settings import ConfigError  # noqa: PLC0415
+    from meshprobe.daemon.lifecycle import Daemon  # noqa: PLC0415
 
     daemon = Daemon(settings, config_path=path, web_config_path=web_path)
     stop = asyncio.Event()
@@ -183,7 +183,7 @@ def _os_reason(exc: OSError) -> str:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from meshprobe.oneshot import probe_once  # noqa: PLC0415
+    from meshprobe.cli.probe import probe_once  # noqa: PLC0415
 
     return run_async(
         probe_once(
@@ -198,8 +198,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from meshprobe.demo import run_demo  # noqa: PLC0415
-    from meshprobe.durations import parse_duration  # noqa: PLC0415
+    from meshprobe.config.durations import parse_duration  # noqa: PLC0415
+    from meshprobe.demo.run import run_demo  # noqa: PLC0415
 
     return run_async(
         run_demo(

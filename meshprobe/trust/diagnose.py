@@ -25,11 +25,11 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from meshprobe.model import CertRole, CertSummary, Reason
-from meshprobe.tlsnames import summarize
-from meshprobe.tlspolicy import cert_label, issuer_problems, signature_problem
+from meshprobe.trust.names import summarize
+from meshprobe.trust.policy import cert_label, issuer_problems, signature_problem
 
 if TYPE_CHECKING:
-    from meshprobe.tlscheck import TrustAnchors
+    from meshprobe.trust.verdict import TrustAnchors
 
 __all__ = ["Diagnosis", "diagnose", "extension_error", "self_signed", "window_problem"]
 

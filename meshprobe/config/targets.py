@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from meshprobe.durations import format_duration
+from meshprobe.config.durations import format_duration
 from meshprobe.model import Scope, Target
 
 __all__ = ["DEFAULT_PORTS", "TimeoutOverInterval", "make_target"]

@@ -14,8 +14,8 @@ from urllib.parse import SplitResult, urlsplit
 
 from pydantic import AfterValidator, BeforeValidator
 
-from meshprobe.config_errors import shown_value
-from meshprobe.durations import parse_duration
+from meshprobe.config.durations import parse_duration
+from meshprobe.config.errors import shown_value
 from meshprobe.model import redact_url
 
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")

@@ -28,15 +28,15 @@ from pydantic import (
     model_validator,
 )
 
-from meshprobe.config_errors import (
+from meshprobe.config.errors import (
     ConfigError,
     ConfigIssue,
     Loc,
     issues_from_validation_error,
     raise_cross_field,
 )
-from meshprobe.config_types import NonEmpty
-from meshprobe.config_yaml import read_yaml_mapping
+from meshprobe.config.types import NonEmpty
+from meshprobe.config.yamlfile import read_yaml_mapping
 
 __all__ = [
     "GO_CIPHER_SUITES",

@@ -21,11 +21,11 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 
 from meshprobe import __version__
-from meshprobe import metricnames as m
-from meshprobe.histogram import Histogram
+from meshprobe.metrics import names as m
 from meshprobe.model import CertRole
-from meshprobe.state import ProbeState
-from meshprobe.tlscheck import TrustAnchors, summarize
+from meshprobe.state.edges import ProbeState
+from meshprobe.state.histogram import Histogram
+from meshprobe.trust.verdict import TrustAnchors, summarize
 
 
 @dataclass(slots=True)
@@ -80,7 +80,7 @@ class MeshprobeCollector(Collector):
         return ()
 
     def collect(self) -> Iterator[Metric]:
-        # The per-edge families are rendered by meshprobe.exposition (fast, in slices).
+        # The per-edge families are rendered by meshprobe.metrics.edges (fast, in slices).
         yield from self._instance_families()
         for producer in self._extra:
             yield from producer()

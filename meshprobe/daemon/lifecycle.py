@@ -18,28 +18,28 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
 from prometheus_client.core import Metric
 
-from meshprobe.bundlewatch import BundleWatcher
-from meshprobe.config import ConfigError, Settings, format_issues, load_settings
-from meshprobe.config_files import load_trust_bundle
-from meshprobe.discovery.config import needs_kubernetes
+from meshprobe.config.discovery import needs_kubernetes
+from meshprobe.config.settings import ConfigError, Settings, format_issues, load_settings
+from meshprobe.config.web import WebConfig, describe_web, effective_web_config
+from meshprobe.daemon.logsetup import configure_logging
+from meshprobe.daemon.scheduler import Scheduler
 from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import WatchSettings
-from meshprobe.exporter import InstanceStatus, MeshprobeCollector
-from meshprobe.exposition import edge_exposition
-from meshprobe.identity import PublishedIdentity
-from meshprobe.logsetup import configure_logging
-from meshprobe.looplag import monitor_loop_lag
+from meshprobe.metrics.edges import edge_exposition
+from meshprobe.metrics.instance import InstanceStatus, MeshprobeCollector
+from meshprobe.metrics.looplag import monitor_loop_lag
 from meshprobe.model import ProbeResult, Target
 from meshprobe.peers import Peer, PeerWatcher, peer_echo_target
 from meshprobe.probes import ProbeEnv, run_probe
-from meshprobe.scheduler import Scheduler
-from meshprobe.server import build_app, start_site
-from meshprobe.state import ProbeState, Transition
+from meshprobe.state.edges import ProbeState, Transition
 from meshprobe.tasks import cancel_and_wait
-from meshprobe.tlscheck import TrustAnchors
-from meshprobe.webconfig import WebConfig, describe_web, effective_web_config
-from meshprobe.weblistener import LIMITS, ListenerSecurity
-from meshprobe.webtls import FILES_PERIOD
+from meshprobe.trust.bundlesource import BundleWatcher
+from meshprobe.trust.configfiles import load_trust_bundle
+from meshprobe.trust.identity import PublishedIdentity
+from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.web.listener import LIMITS, ListenerSecurity
+from meshprobe.web.server import build_app, start_site
+from meshprobe.web.tls import FILES_PERIOD
 
 if TYPE_CHECKING:
     from meshprobe.discovery.manager import Discovery

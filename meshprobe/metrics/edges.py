@@ -13,10 +13,10 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from meshprobe import metricnames as m
+from meshprobe.metrics import names as m
 from meshprobe.model import KIND_PHASES
 from meshprobe.probes.tcpinfo import SUPPORTED as TCP_INFO_SUPPORTED
-from meshprobe.state import EdgeStats, ProbeState
+from meshprobe.state.edges import EdgeStats, ProbeState
 
 SLICE = 500  # edges rendered between two yields to the event loop
 

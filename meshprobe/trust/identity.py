@@ -22,7 +22,7 @@ import structlog
 
 from meshprobe import __version__
 from meshprobe.model import CertSummary
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.verdict import TrustAnchors
 
 log = structlog.get_logger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from meshprobe.histogram import Histogram
+from meshprobe.state.histogram import Histogram
 
 
 async def monitor_loop_lag(histogram: Histogram, *, period: float = 0.25) -> None:

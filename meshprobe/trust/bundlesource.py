@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from meshprobe.pemfile import read_pem_file
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.pem import read_pem_file
+from meshprobe.trust.verdict import TrustAnchors
 
 log = structlog.get_logger(__name__)
 _LOGGED_ROOTS = 10

@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from meshprobe.config_errors import ConfigError, ConfigIssue
+from meshprobe.config.errors import ConfigError, ConfigIssue
 
 FILE_PATH = "<file>"
 

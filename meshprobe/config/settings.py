@@ -29,7 +29,9 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
-from meshprobe.config_errors import (
+from meshprobe.config.discovery import Discovery, TrustConfigMap, describe_kubernetes
+from meshprobe.config.durations import format_duration
+from meshprobe.config.errors import (
     ConfigError,
     ConfigIssue,
     Loc,
@@ -39,7 +41,7 @@ from meshprobe.config_errors import (
     raise_cross_field,
     shown_value,
 )
-from meshprobe.config_sources import (
+from meshprobe.config.sources import (
     CONFIG_ENV,
     LOADING,
     EnvironSource,
@@ -47,7 +49,8 @@ from meshprobe.config_sources import (
     MappingSource,
     loading,
 )
-from meshprobe.config_types import (
+from meshprobe.config.targets import make_target
+from meshprobe.config.types import (
     ByteSize,
     ClusterName,
     Duration,
@@ -59,12 +62,9 @@ from meshprobe.config_types import (
     split_host_port,
     split_url,
 )
-from meshprobe.config_yaml import read_yaml_mapping
-from meshprobe.discovery.config import Discovery, TrustConfigMap, describe_kubernetes
-from meshprobe.durations import format_duration
+from meshprobe.config.web import WebConfig
+from meshprobe.config.yamlfile import read_yaml_mapping
 from meshprobe.model import SCHEME_KIND, Scope, Target, TLSOptions
-from meshprobe.targets import make_target
-from meshprobe.webconfig import WebConfig
 
 __all__ = [
     "Budget",

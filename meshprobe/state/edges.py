@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from meshprobe.histogram import Histogram
-from meshprobe.metricnames import DURATION_BUCKETS
+from meshprobe.metrics.names import DURATION_BUCKETS
 from meshprobe.model import KIND_REASONS, ProbeResult, Reason, Target, TLSReport
+from meshprobe.state.histogram import Histogram
 
 
 @dataclass(slots=True)

@@ -1,7 +1,7 @@
 """The `discovery.kubernetes` and `trust.configmap` config sections.
 
-Kept here rather than in `meshprobe.config` so the discovery package owns its whole vocabulary;
-these are plain pydantic models (no Kubernetes client import), so `meshprobe check` stays fast.
+Plain pydantic models with no Kubernetes client import: `meshprobe check` stays fast, and the
+discovery package (which loads the client) sits above the config layer instead of inside it.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from meshprobe.config_errors import raise_cross_field
-from meshprobe.config_types import Duration, Namespace, NonEmpty
+from meshprobe.config.errors import raise_cross_field
+from meshprobe.config.types import Duration, Namespace, NonEmpty
 
 # (namespace, name, key) of the meshes' own root ConfigMaps. Istio copies `istio-ca-root-cert`
 # into every namespace; istio-system always has it. Linkerd keeps its roots in `linkerd`.

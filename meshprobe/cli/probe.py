@@ -10,10 +10,10 @@ import sys
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from meshprobe.config import ConfigError, format_issues, load_settings_from_mapping
+from meshprobe.cli.report import render
+from meshprobe.config.settings import ConfigError, format_issues, load_settings_from_mapping
 from meshprobe.probes import ProbeEnv, run_probe
-from meshprobe.report import render
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.verdict import TrustAnchors
 
 
 def _with_scheme(url: str, kind: str | None) -> str:

@@ -34,9 +34,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from meshprobe.model import CertSummary, Reason, TLSReport
-from meshprobe.tlscheck import TrustAnchors, assess_chain
-from meshprobe.tlsnames import identity_problem
-from meshprobe.tlspolicy import cert_label
+from meshprobe.trust.names import identity_problem
+from meshprobe.trust.policy import cert_label
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "DEFAULT_TTL", "VerdictCache"]
 

@@ -23,16 +23,16 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from meshprobe import pki
-from meshprobe.config import Settings, load_settings_from_mapping
-from meshprobe.daemon import Daemon
-from meshprobe.durations import format_duration, parse_duration
-from meshprobe.identity import identity_document
-from meshprobe.logsetup import configure_logging
+from meshprobe.config.durations import format_duration, parse_duration
+from meshprobe.config.settings import Settings, load_settings_from_mapping
+from meshprobe.daemon.lifecycle import Daemon
+from meshprobe.daemon.logsetup import configure_logging
+from meshprobe.demo import pki
+from meshprobe.demo.stack import run_stack, scale_durations, stack_available
 from meshprobe.model import ProbeResult, Target
-from meshprobe.server import build_app, start_site
-from meshprobe.stack import run_stack, scale_durations, stack_available
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.trust.identity import identity_document
+from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.web.server import build_app, start_site
 
 TRUST_DOMAIN = "cluster.local"
 ECHO_IDENTITY = f"spiffe://{TRUST_DOMAIN}/ns/demo/sa/echo"
@@ -207,7 +207,7 @@ def _trust(result: ProbeResult) -> str:
 
 def shipped_rules() -> Path:
     """The rules file of a source checkout (the demo runs from one: scripts/demo.sh)."""
-    return Path(__file__).resolve().parents[1] / "deploy" / "prometheus" / "meshprobe-rules.yaml"
+    return Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "meshprobe-rules.yaml"
 
 
 async def run_demo(

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from meshprobe.model import TLSReport
-from meshprobe.tlscheck import TrustAnchors, assess_chain
-from meshprobe.verdictcache import VerdictCache
+from meshprobe.trust.cache import VerdictCache
+from meshprobe.trust.verdict import TrustAnchors, assess_chain
 
 __all__ = [
     "HandshakeRecorder",

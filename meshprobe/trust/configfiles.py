@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import os
 
-from meshprobe.config import Settings
-from meshprobe.config_errors import ConfigError, ConfigIssue
-from meshprobe.pemfile import shown
-from meshprobe.tlscheck import TrustAnchors
+from meshprobe.config.errors import ConfigError, ConfigIssue
+from meshprobe.config.settings import Settings
+from meshprobe.trust.pem import shown
+from meshprobe.trust.verdict import TrustAnchors
 
 __all__ = ["file_warnings", "load_trust_bundle"]
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass
 import structlog
 from aiohttp import web
 
-from meshprobe.webauth import BasicAuth, Verdict
-from meshprobe.webconfig import WebConfig
-from meshprobe.webtls import ServerTLS
+from meshprobe.config.web import WebConfig
+from meshprobe.web.auth import BasicAuth, Verdict
+from meshprobe.web.tls import ServerTLS
 
 log = structlog.get_logger(__name__)
 

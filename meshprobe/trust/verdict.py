@@ -29,10 +29,10 @@ from cryptography.utils import CryptographyDeprecationWarning
 from cryptography.x509.verification import PolicyBuilder, Store
 
 from meshprobe.model import CertRole, CertSummary, Reason, TLSReport
-from meshprobe.pemfile import read_pem_file, shown
-from meshprobe.tlsdiagnose import diagnose, extension_error, self_signed, window_problem
-from meshprobe.tlsnames import clip, identity_of, identity_problem, summarize
-from meshprobe.tlspolicy import CA_POLICY, EE_POLICY, cert_label, issuer_problems, leaf_problems
+from meshprobe.trust.diagnose import diagnose, extension_error, self_signed, window_problem
+from meshprobe.trust.names import clip, identity_of, identity_problem, summarize
+from meshprobe.trust.pem import read_pem_file, shown
+from meshprobe.trust.policy import CA_POLICY, EE_POLICY, cert_label, issuer_problems, leaf_problems
 
 __all__ = ["SkippedRoot", "TrustAnchors", "assess_chain", "load_pem_bundle", "summarize"]
 

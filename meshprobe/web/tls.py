@@ -27,8 +27,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 
-from meshprobe.config_errors import ConfigError, ConfigIssue
-from meshprobe.webconfig import GO_CIPHER_SUITES, TLSServerConfig
+from meshprobe.config.errors import ConfigError, ConfigIssue
+from meshprobe.config.web import GO_CIPHER_SUITES, TLSServerConfig
 
 log = structlog.get_logger(__name__)
 

@@ -14,8 +14,8 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from meshprobe.identity import encode
 from meshprobe.model import CLUSTER_HEADER
+from meshprobe.trust.identity import encode
 
 # The encoded identity document, built when its inputs change (`identity.PublishedIdentity`), or
 # a mapping encoded per request for small fixed documents (the demo's, test responders').

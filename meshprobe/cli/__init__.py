@@ -1,0 +1,1 @@
+"""The command line: `meshprobe run|check|probe|demo`."""

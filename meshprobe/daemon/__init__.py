@@ -1,0 +1,1 @@
+"""The daemon: wiring and lifecycle, the per-target scheduler, logging set-up."""

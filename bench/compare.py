@@ -257,7 +257,7 @@ async def meshprobe_timing(world: World, proto: str, rate: int, window: float) -
         if measuring and result.success:
             errors.append(result.duration - world.delay)
 
-    daemon.listeners.append(listen)
+    daemon.hooks.result.append(listen)
     await daemon.start()
     try:
         await asyncio.sleep(2.0)

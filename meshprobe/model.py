@@ -254,3 +254,11 @@ class ProbeResult:
     tls: TLSReport | None = None
     body_bytes: int = 0
     tcp: TCPStats | None = None  # None when no fresh connection was read (or not on Linux)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Another cluster's meshprobe, as configured or discovered."""
+
+    cluster: str
+    url: str  # base URL of the peer's listener

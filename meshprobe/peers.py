@@ -15,44 +15,25 @@ valid; when none of the roots it lists is ours, whether we share a root is unkno
 from __future__ import annotations
 
 import asyncio
-import json
-import re
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
-from prometheus_client.core import GaugeMetricFamily, Metric
 
 from meshprobe.config.targets import make_target
-from meshprobe.metrics import names as m
-from meshprobe.model import Target, redact_url
+from meshprobe.model import Peer, Target, redact_url
 from meshprobe.probes import ProbeEnv
-from meshprobe.tasks import cancel_and_wait
-from meshprobe.trust.identity import IDENTITY_MAX_BYTES
+from meshprobe.state.instance import PeerStatus, trust_match
+from meshprobe.tasks import TaskSet
+from meshprobe.trust.identity import IDENTITY_MAX_BYTES, IdentityError, parse_identity
 from meshprobe.trust.record import HandshakeRecorder, recording_context
 
 log = structlog.get_logger(__name__)
 
-_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 PEER_TARGET_NAME = "meshprobe/echo"
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    cluster: str
-    url: str  # base URL of the peer's listener
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    up: bool
-    roots: frozenset[str]  # the peer's root fingerprints (empty when down)
-    detail: str
-    tls_untrusted: bool = False  # an https peer whose chain our bundle rejects
-    partial: bool = False  # the peer's document lists only some of its roots (truncated)
 
 
 def peer_echo_target(peer: Peer, *, interval: float, timeout: float, budget: float) -> Target:
@@ -70,57 +51,6 @@ def peer_echo_target(peer: Peer, *, interval: float, timeout: float, budget: flo
         remote_budget=budget,
         discovery="peer",
     )
-
-
-class IdentityError(Exception):
-    """The peer answered, but not with a usable identity document."""
-
-
-@dataclass(frozen=True, slots=True)
-class PeerIdentity:
-    roots: frozenset[str]  # the fingerprints the document lists
-    root_count: int  # roots in the peer's bundle: more than listed when truncated
-    truncated: bool
-
-
-def _decode(body: bytes) -> object:
-    try:
-        return json.loads(body)
-    except RecursionError:
-        # CPython's decoder recurses per nesting level: 30k '[' in 60 KB exhaust the stack limit.
-        raise IdentityError("identity is not JSON: nested too deeply") from None
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long to convert
-        raise IdentityError(f"identity is not JSON: {exc}") from None
-
-
-def parse_identity(body: bytes, *, expected_cluster: str) -> PeerIdentity:
-    """Validate a peer's identity document (schema in docs/identity.md)."""
-    doc = _decode(body)
-    if not isinstance(doc, dict):
-        raise IdentityError("identity is not a JSON object")
-    cluster = doc.get("cluster")
-    if not isinstance(cluster, str):
-        raise IdentityError("identity has no 'cluster' string")
-    if cluster != expected_cluster:
-        raise IdentityError(
-            f"peer configured as cluster {expected_cluster!r} says it is {cluster!r}"
-        )
-    roots = doc.get("roots")
-    if not isinstance(roots, list):
-        raise IdentityError("identity has no 'roots' list")
-    fingerprints = set()
-    for i, root in enumerate(roots):
-        fp = root.get("fingerprint_sha256") if isinstance(root, dict) else None
-        if not isinstance(fp, str) or not _FINGERPRINT.fullmatch(fp):
-            raise IdentityError(f"roots[{i}].fingerprint_sha256 is not a lowercase SHA-256 hex")
-        fingerprints.add(fp)
-    truncated = doc.get("truncated", False)
-    if not isinstance(truncated, bool):
-        raise IdentityError("identity 'truncated' is not a boolean")
-    root_count = doc.get("root_count", len(roots))
-    if type(root_count) is not int or root_count < len(roots):
-        raise IdentityError("identity 'root_count' is not an integer at least the roots listed")
-    return PeerIdentity(frozenset(fingerprints), root_count, truncated)
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
@@ -174,64 +104,57 @@ async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
 
 
 class PeerWatcher:
+    """One identity-exchange loop per peer; each check lands in `statuses` (the instance state the
+    collector and status pages read) and `on_check(cluster)` is called after it."""
+
     def __init__(
         self,
         *,
         env: ProbeEnv,
+        statuses: dict[str, PeerStatus],
         our_roots: Callable[[], frozenset[str] | None],
         interval: float,
         timeout: float,
+        on_check: Callable[[str], None] = lambda _cluster: None,
     ) -> None:
         self._env = env
+        self._statuses = statuses
         self._our_roots = our_roots
         self._interval = interval
         self._timeout = timeout
-        self._loops: dict[Peer, asyncio.Task[None]] = {}
-        self.status: dict[str, PeerStatus] = {}
-        self.changed = asyncio.Event()  # set after every check; tests wait on it
+        self._on_check = on_check
+        self._loops: TaskSet[Peer] = TaskSet("peers")
 
     def set_peers(self, peers: Iterable[Peer], *, interval: float, timeout: float) -> None:
         wanted = set(peers)
-        if (interval, timeout) != (self._interval, self._timeout):
-            self._interval, self._timeout = interval, timeout
+        self._interval, self._timeout = interval, timeout
         for peer in [p for p in self._loops if p not in wanted]:
-            self._loops.pop(peer).cancel()
-            self.status.pop(peer.cluster, None)
+            self._loops.cancel(peer)
+            self._statuses.pop(peer.cluster, None)
         for peer in wanted - set(self._loops):
-            self._loops[peer] = asyncio.create_task(self._loop(peer), name=f"peer {peer.cluster}")
+            self._loops.start(peer, partial(self._loop, peer), label=peer.cluster)
 
     async def aclose(self) -> None:
-        loops = list(self._loops.values())
-        self._loops.clear()
-        await cancel_and_wait(loops)
+        await self._loops.aclose()
 
     async def _loop(self, peer: Peer) -> None:
         while True:
-            previous = self.status.get(peer.cluster)
+            previous = self._statuses.get(peer.cluster)
             try:
                 status = await check_peer(peer, self._env, limit=self._timeout)
             except Exception as exc:  # a bug here must not stop the exchange
                 status = PeerStatus(False, frozenset(), f"internal error: {exc!r}")
                 if previous is None or previous.detail != status.detail:  # not every interval
                     log.exception("peer check failed unexpectedly", peer_cluster=peer.cluster)
-            self.status[peer.cluster] = status
+            self._statuses[peer.cluster] = status
             self._log_change(peer, previous, status)
-            self.changed.set()
+            self._on_check(peer.cluster)
             await asyncio.sleep(self._interval)
 
-    def trust_match(self, status: PeerStatus) -> bool | None:
-        ours = self._our_roots()
-        if status.tls_untrusted:
-            return False  # the peer's chain does not lead to any of our roots
-        if ours is None or not status.up:
-            return None
-        if ours & status.roots:
-            return True
-        return None if status.partial else False  # an unlisted root may be one we share
-
     def _log_change(self, peer: Peer, old: PeerStatus | None, new: PeerStatus) -> None:
-        match = self.trust_match(new)
-        old_match = self.trust_match(old) if old is not None else None
+        ours = self._our_roots()
+        match = trust_match(new, ours)
+        old_match = trust_match(old, ours) if old is not None else None
         if old is not None and (old.up, old.detail, old_match) == (new.up, new.detail, match):
             return
         fields = {"peer_cluster": peer.cluster, "url": redact_url(peer.url), "detail": new.detail}
@@ -247,23 +170,3 @@ class PeerWatcher:
             )
         else:
             log.info("peer identity ok", trust_match=match, **fields)
-
-    def collect(self) -> Iterator[Metric]:
-        up = GaugeMetricFamily(
-            m.PEER_UP,
-            "Whether the peer's identity document was fetched and valid.",
-            labels=["source_cluster", "peer_cluster"],
-        )
-        match = GaugeMetricFamily(
-            m.PEER_TRUST_MATCH,
-            "1 when the peer's trust roots and ours share a root, 0 when disjoint.",
-            labels=["source_cluster", "peer_cluster"],
-        )
-        src = self._env.source_cluster
-        for cluster, status in sorted(self.status.items()):
-            up.add_metric([src, cluster], 1.0 if status.up else 0.0)
-            verdict = self.trust_match(status)
-            if verdict is not None:
-                match.add_metric([src, cluster], 1.0 if verdict else 0.0)
-        yield up
-        yield match

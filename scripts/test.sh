@@ -19,4 +19,5 @@ ensure_venv test,fast
 .venv/bin/ruff check meshprobe tests bench scripts
 .venv/bin/ruff format --check meshprobe tests bench scripts
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache  # the layer contracts in pyproject.toml
 exec .venv/bin/pytest -q "$@"

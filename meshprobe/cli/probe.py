@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 from meshprobe.cli.report import render
 from meshprobe.config.settings import ConfigError, format_issues, load_settings_from_mapping
 from meshprobe.probes import ProbeEnv, run_probe
-from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.trust.anchors import TrustAnchors
 
 
 def _with_scheme(url: str, kind: str | None) -> str:

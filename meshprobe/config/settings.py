@@ -12,11 +12,8 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     ValidationError,
     field_validator,
@@ -29,8 +26,7 @@ from pydantic_settings import (
 )
 from pydantic_settings.exceptions import SettingsError
 
-from meshprobe.config.discovery import Discovery, TrustConfigMap, describe_kubernetes
-from meshprobe.config.durations import format_duration
+from meshprobe.config.discovery import Discovery, describe_kubernetes
 from meshprobe.config.errors import (
     ConfigError,
     ConfigIssue,
@@ -39,8 +35,8 @@ from meshprobe.config.errors import (
     issues_from_validation_error,
     key_issues,
     raise_cross_field,
-    shown_value,
 )
+from meshprobe.config.sections import Budget, Defaults, PeerSpec, TargetSpec, TLSSpec, Trust
 from meshprobe.config.sources import (
     CONFIG_ENV,
     LOADING,
@@ -49,18 +45,11 @@ from meshprobe.config.sources import (
     MappingSource,
     loading,
 )
-from meshprobe.config.targets import make_target
+from meshprobe.config.targets import make_target, too_long
 from meshprobe.config.types import (
-    ByteSize,
     ClusterName,
-    Duration,
-    HttpStatus,
-    LabelText,
-    NonEmpty,
-    TrustDomain,
     parse_byte_size,
     split_host_port,
-    split_url,
 )
 from meshprobe.config.web import WebConfig
 from meshprobe.config.yamlfile import read_yaml_mapping
@@ -84,154 +73,6 @@ __all__ = [
 ]
 
 ENV_PREFIX = "MESHPROBE_"
-_METHOD = re.compile(r"[A-Z]+")
-
-
-class _Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Budget(_Frozen):
-    local: Duration = 0.050
-    remote: Duration = 0.150
-
-
-class Defaults(_Frozen):
-    interval: Duration = 10.0
-    timeout: Duration = 2.0
-    budget: Budget = Budget()
-    body_limit: ByteSize = 1024 * 1024
-
-    @model_validator(mode="after")
-    def _timeout_fits(self) -> Defaults:
-        if self.timeout > self.interval:
-            raise_cross_field([(("timeout",), _too_long(self.timeout, self.interval, ""))])
-        return self
-
-
-class Trust(_Frozen):
-    # Only shape is checked: whether the bundle parses is the trust loader's job, and it reports
-    # that with the PEM's own errors.
-    bundle_file: NonEmpty | None = None
-    configmap: TrustConfigMap | None = None  # watched through the Kubernetes API instead
-    trust_domain: TrustDomain = "cluster.local"
-    # More trust domains whose SPIFFE IDs are ours: Istio trust-domain aliases, or a mesh in the
-    # middle of a migration from one trust domain (or root) to another.
-    trust_domain_aliases: list[TrustDomain] = []
-
-    @model_validator(mode="after")
-    def _one_source(self) -> Trust:
-        if self.bundle_file is not None and self.configmap is not None:
-            reason = "bundle_file and configmap are two sources for one bundle: choose one"
-            raise_cross_field([(("configmap",), reason)])
-        return self
-
-    @model_validator(mode="after")
-    def _distinct_domains(self) -> Trust:
-        seen = {self.trust_domain.lower(): "trust_domain"}
-        issues: list[tuple[Loc, str]] = []
-        for index, alias in enumerate(self.trust_domain_aliases):
-            first = seen.setdefault(alias.lower(), f"trust_domain_aliases.{index}")
-            if first != f"trust_domain_aliases.{index}":
-                issues.append((("trust_domain_aliases", index), f"{alias!r} repeats {first}"))
-        if issues:
-            raise_cross_field(issues)
-        return self
-
-    def accepted_aliases(self) -> frozenset[str]:
-        """The aliases as `assess_chain(trust_domain_aliases=...)` takes them."""
-        return frozenset(a.lower() for a in self.trust_domain_aliases)
-
-
-class TLSSpec(_Frozen):
-    ca_file: NonEmpty | None = None
-    identity: NonEmpty | None = None
-    server_name: NonEmpty | None = None
-    insecure_skip_verify: bool = False
-
-
-class TargetSpec(_Frozen):
-    name: LabelText
-    url: str
-    cluster: ClusterName | None = None  # None: the cluster this instance runs in
-    interval: Duration | None = None
-    timeout: Duration | None = None
-    budget: Duration | None = None
-    expected_status: list[HttpStatus] = []
-    body_regex: str | None = None
-    body_limit: ByteSize | None = None
-    keepalive: bool = False
-    follow_redirects: bool = False
-    method: str = "GET"
-    headers: dict[str, str] = {}
-    tls: TLSSpec | None = None
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        parts = split_url(value, tuple(SCHEME_KIND))
-        if parts.scheme in ("tcp", "tls"):
-            if parts.port is None:
-                raise ValueError(f"{parts.scheme} URLs need an explicit port, e.g. host:443")
-            if parts.path not in ("", "/") or parts.query:
-                raise ValueError(f"{parts.scheme} URLs take no path or query")
-        return value.strip()
-
-    @field_validator("body_regex")
-    @classmethod
-    def _regex(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                re.compile(value)
-            except (re.error, OverflowError, RecursionError) as exc:  # a{99999999999}, ((((…
-                reason = exc if isinstance(exc, re.error | OverflowError) else "nested too deeply"
-                shown = shown_value(value)
-                raise ValueError(f"invalid regular expression {shown}: {reason}") from None
-        return value
-
-    @field_validator("method")
-    @classmethod
-    def _method(cls, value: str) -> str:
-        if not _METHOD.fullmatch(value.upper()):
-            raise ValueError(f"invalid HTTP method {value!r}")
-        return value.upper()
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
-        for key, val in value.items():
-            if not key or any(c in key + val for c in "\r\n") or ":" in key:
-                raise ValueError(f"invalid header {key!r}: empty name, ':' or a line break")
-        return value
-
-    @model_validator(mode="after")
-    def _tls_needs_tls_scheme(self) -> TargetSpec:
-        scheme = urlsplit(self.url).scheme
-        if self.tls is not None and scheme not in ("https", "tls"):
-            reason = f"tls options need an https:// or tls:// url, not {scheme}://"
-            raise_cross_field([(("tls",), reason)])
-        if "@" in urlsplit(self.url).netloc and any(
-            name.lower() == "authorization" for name in self.headers
-        ):
-            # aiohttp refuses the pair on every request; say so once, at load time.
-            reason = "an Authorization header cannot be combined with user:password@ in the url"
-            raise_cross_field([(("headers",), reason)])
-        return self
-
-    @property
-    def scheme(self) -> str:
-        return urlsplit(self.url).scheme
-
-
-class PeerSpec(_Frozen):
-    cluster: ClusterName
-    url: str
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        split_url(value, ("http", "https"))
-        return value.strip()
 
 
 class Settings(BaseSettings):
@@ -298,7 +139,7 @@ class Settings(BaseSettings):
             if timeout > interval:
                 field = "timeout" if spec.timeout is not None else "interval"
                 note = "" if spec.timeout is not None else " (timeout from defaults)"
-                issues.append((("targets", i, field), _too_long(timeout, interval, note)))
+                issues.append((("targets", i, field), too_long(timeout, interval, note)))
         peer_at: dict[str, int] = {}
         for i, peer in enumerate(self.peers):
             if peer.cluster == self.cluster:
@@ -349,13 +190,6 @@ class Settings(BaseSettings):
                 insecure_skip_verify=tls.insecure_skip_verify,
             ),
         )
-
-
-def _too_long(timeout: float, interval: float, note: str) -> str:
-    return (
-        f"timeout {format_duration(timeout)} is longer than the interval "
-        f"{format_duration(interval)}{note}; a probe must finish before the next one starts"
-    )
 
 
 def load_settings(path: str | Path | None, *, environ: Mapping[str, str] | None = None) -> Settings:

@@ -13,10 +13,18 @@ from urllib.parse import urlsplit
 from meshprobe.config.durations import format_duration
 from meshprobe.model import Scope, Target
 
-__all__ = ["DEFAULT_PORTS", "TimeoutOverInterval", "make_target"]
+__all__ = ["DEFAULT_PORTS", "TimeoutOverInterval", "make_target", "too_long"]
 
 # Ports a URL may leave out; tcp:// and tls:// must name theirs.
 DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def too_long(timeout: float, interval: float, note: str = "") -> str:
+    """The one wording of the timeout <= interval rule, for the config checks and the factory."""
+    return (
+        f"timeout {format_duration(timeout)} is longer than the interval "
+        f"{format_duration(interval)}{note}; a probe must finish before the next one starts"
+    )
 
 
 class TimeoutOverInterval(ValueError):
@@ -41,10 +49,7 @@ def make_target(
     follows from `cluster` against `own_cluster`; `options` are the remaining Target fields
     (tls, headers, expected_status, ...). Raises TimeoutOverInterval."""
     if timeout > interval:
-        raise TimeoutOverInterval(
-            f"timeout {format_duration(timeout)} is longer than the interval "
-            f"{format_duration(interval)}; a probe must finish before the next one starts"
-        )
+        raise TimeoutOverInterval(too_long(timeout, interval))
     parts = urlsplit(url)
     scheme = parts.scheme
     path = "/"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated
 from urllib.parse import SplitResult, urlsplit
 
@@ -67,22 +68,16 @@ def parse_byte_size(value: object) -> int:
     return size
 
 
-def _dns_label(value: str) -> str:
-    if not _DNS_LABEL.fullmatch(value):
-        raise ValueError(
-            f"invalid cluster name {value!r}: use lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters"
-        )
-    return value
+def _dns_label(noun: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not _DNS_LABEL.fullmatch(value):
+            raise ValueError(
+                f"invalid {noun} {value!r}: use lowercase letters, digits and '-', "
+                "starting and ending with a letter or digit, at most 63 characters"
+            )
+        return value
 
-
-def _namespace(value: str) -> str:
-    if not _DNS_LABEL.fullmatch(value):
-        raise ValueError(
-            f"invalid namespace {value!r}: use lowercase letters, digits and '-', "
-            "starting and ending with a letter or digit, at most 63 characters"
-        )
-    return value
+    return check
 
 
 def _non_empty(value: str) -> str:
@@ -123,8 +118,8 @@ def _http_status(value: int) -> int:
 
 Duration = Annotated[float, BeforeValidator(_positive_duration)]
 ByteSize = Annotated[int, BeforeValidator(parse_byte_size)]
-ClusterName = Annotated[str, AfterValidator(_dns_label)]
-Namespace = Annotated[str, AfterValidator(_namespace)]
+ClusterName = Annotated[str, AfterValidator(_dns_label("cluster name"))]
+Namespace = Annotated[str, AfterValidator(_dns_label("namespace"))]
 NonEmpty = Annotated[str, AfterValidator(_non_empty)]
 LabelText = Annotated[str, AfterValidator(_label_text)]
 TrustDomain = Annotated[str, AfterValidator(_non_empty), AfterValidator(_trust_domain)]

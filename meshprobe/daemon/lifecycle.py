@@ -1,7 +1,11 @@
 """Wiring: settings → probe environment, scheduler, state, exporter and HTTP listener.
 
 One `Daemon` owns every long-lived object; `meshprobe run`, the demo and the tests all drive the
-same class, so there is one start-up and one shutdown path to get right.
+same class, so there is one start-up and one shutdown path to get right. Its own loops (loop lag,
+trust-file polls, the reconciler) belong to one TaskSet; the scheduler, the peer exchange and
+discovery own theirs. Targets change in one place, `_reconcile`: at start, on reload, and when
+discovery reports a change (discovery only flags it; the reconciler task does the work, outside
+the watch loop's call stack, and a burst of changes costs one reconcile).
 """
 
 from __future__ import annotations
@@ -9,34 +13,35 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, ProcessCollector
-from prometheus_client.core import Metric
 
 from meshprobe.config.discovery import needs_kubernetes
 from meshprobe.config.settings import ConfigError, Settings, format_issues, load_settings
 from meshprobe.config.web import WebConfig, describe_web, effective_web_config
+from meshprobe.daemon.hooks import Hooks
 from meshprobe.daemon.logsetup import configure_logging
+from meshprobe.daemon.reload import restart_only
 from meshprobe.daemon.scheduler import Scheduler
 from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import WatchSettings
 from meshprobe.metrics.edges import edge_exposition
-from meshprobe.metrics.instance import InstanceStatus, MeshprobeCollector
+from meshprobe.metrics.instance import MeshprobeCollector
 from meshprobe.metrics.looplag import monitor_loop_lag
-from meshprobe.model import ProbeResult, Target
-from meshprobe.peers import Peer, PeerWatcher, peer_echo_target
+from meshprobe.model import Peer, ProbeResult, Target
+from meshprobe.peers import PeerWatcher, peer_echo_target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.state.edges import ProbeState, Transition
-from meshprobe.tasks import cancel_and_wait
+from meshprobe.state.instance import InstanceStatus
+from meshprobe.tasks import TaskSet
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.bundlesource import BundleWatcher
 from meshprobe.trust.configfiles import load_trust_bundle
 from meshprobe.trust.identity import PublishedIdentity
-from meshprobe.trust.verdict import TrustAnchors
 from meshprobe.web.listener import LIMITS, ListenerSecurity
 from meshprobe.web.server import build_app, start_site
 from meshprobe.web.tls import FILES_PERIOD
@@ -45,8 +50,6 @@ if TYPE_CHECKING:
     from meshprobe.discovery.manager import Discovery
 
 log = structlog.get_logger(__name__)
-
-ResultListener = Callable[[Target, ProbeResult], None]
 
 
 def load_bundle(settings: Settings) -> TrustAnchors | None:
@@ -63,13 +66,15 @@ class Daemon:
         environ: dict[str, str] | None = None,
         watch: WatchSettings | None = None,
         web_config_path: Path | None = None,
+        hooks: Hooks | None = None,
     ) -> None:
         self.settings = settings
         self.config_path = config_path
         self.web_config_path = web_config_path  # --web.config.file, re-read on SIGHUP
         self.web: ListenerSecurity | None = None
-        self._web_task: asyncio.Task[None] | None = None
-        self.web_checked = asyncio.Event()  # set after each poll of the listener's TLS files
+        self.hooks = hooks or Hooks()
+        self._tasks: TaskSet[str] = TaskSet("daemon")
+        self._reconcile_wanted = asyncio.Event()
         self._environ = environ
         self._watch_settings = watch or WatchSettings(
             resync_period=settings.discovery.kubernetes.resync_period
@@ -82,25 +87,17 @@ class Daemon:
                 source_cluster=settings.cluster,
                 state=self.state,
                 status=self.status,
-                extra=[self._peer_metrics],
             )
         )
         ProcessCollector(registry=self.registry)
         self._identity = PublishedIdentity()
         self.ready = False
         self.port: int | None = None
-        self.listeners: list[ResultListener] = []
         self._env: ProbeEnv | None = None
         self._scheduler: Scheduler | None = None
         self._runner: web.AppRunner | None = None
-        self._lag_task: asyncio.Task[None] | None = None
         self.peers: PeerWatcher | None = None
-        self._bundle_task: asyncio.Task[None] | None = None
-        self.bundle_checked = asyncio.Event()  # set after each poll of the bundle file
         self.discovery: Discovery | None = None
-        self.targets_changed = asyncio.Event()  # set after each reconcile; tests wait on it
-        self.targets_added = 0  # scheduler loops started and stopped, over the daemon's life:
-        self.targets_removed = 0  # an unchanged target never counts in either
         self._conflicts: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -145,19 +142,27 @@ class Daemon:
             app, host, port, ssl_context=web.ssl_context, limits=LIMITS.runner_kwargs()
         )
         if web.tls is not None:
-            self._web_task = asyncio.create_task(
-                web.tls.watch(FILES_PERIOD, self.web_checked.set), name="listener TLS watch"
+            tls = web.tls
+            self._tasks.start(
+                "listener files",
+                lambda: tls.watch(FILES_PERIOD, self._listener_files_checked),
+                label="listener TLS files",
             )
-        self._lag_task = asyncio.create_task(monitor_loop_lag(self.status.loop_lag))
+        self._tasks.start(
+            "loop lag", lambda: monitor_loop_lag(self.status.loop_lag), label="loop lag"
+        )
         self.peers = PeerWatcher(
             env=env,
-            our_roots=self._our_roots,
+            statuses=self.status.peers,
+            our_roots=self.status.our_roots,
             interval=settings.defaults.interval,
             timeout=settings.defaults.timeout,
+            on_check=lambda cluster: Hooks.call(self.hooks.peer_checked, cluster),
         )
         self._watch_bundle(settings, bundle)
         self._start_discovery(settings)
-        self._apply_targets(settings)
+        self._reconcile()
+        self._tasks.start("reconciler", self._reconciler, label="reconciler")
         self.ready = True
         log.info(
             "meshprobe started",
@@ -176,8 +181,7 @@ class Daemon:
             await self._scheduler.aclose()
         if self.peers is not None:
             await self.peers.aclose()
-        tasks = (self._lag_task, self._bundle_task, self._web_task)
-        await cancel_and_wait(t for t in tasks if t is not None)
+        await self._tasks.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.web is not None:
@@ -199,7 +203,9 @@ class Daemon:
         """Re-read the config file (SIGHUP). A bad file is logged and the old config keeps
         running; `meshprobe_config_reload_success` tells the alerting side."""
         try:
-            new = self._restart_only(load_settings(self.config_path, environ=self._environ))
+            new = restart_only(
+                self.settings, load_settings(self.config_path, environ=self._environ)
+            )
             bundle = load_bundle(new)
             if self.web is not None:  # last: it applies at once when the files load
                 self.web.update(self._web_config(new))
@@ -224,37 +230,12 @@ class Daemon:
         self._watch_bundle(new, bundle)
         if self.discovery is not None:
             self.discovery.set_defaults(new)
-        self._apply_targets(self.settings)
+        self._reconcile()
         self.identity_body()  # the trust domain may have changed
         self.status.config_reload_success = True
         self.status.config_reload_timestamp = time.time()
         log.info("config reloaded", targets=len(self.state))
         return True
-
-    def _restart_only(self, new: Settings) -> Settings:
-        """The reloaded settings with what only a restart may change put back: the listener,
-        our cluster name, and where Kubernetes discovery and the trust ConfigMap come from."""
-        old = self.settings
-        for field in ("cluster", "listen", "discovery"):
-            if getattr(new, field) != getattr(old, field):
-                log.warning("setting changes only on restart", field=field)
-        trust = new.trust
-        if (new.trust.configmap, new.trust.bundle_file is None) != (
-            old.trust.configmap,
-            old.trust.bundle_file is None,
-        ) and (new.trust.configmap is not None or old.trust.configmap is not None):
-            log.warning("setting changes only on restart", field="trust.configmap")
-            trust = new.trust.model_copy(
-                update={"configmap": old.trust.configmap, "bundle_file": old.trust.bundle_file}
-            )
-        return new.model_copy(
-            update={
-                "cluster": old.cluster,
-                "listen": old.listen,
-                "discovery": old.discovery,
-                "trust": trust,
-            }
-        )
 
     def _web_config(self, settings: Settings) -> WebConfig:
         return effective_web_config(settings.web, self.web_config_path)
@@ -271,7 +252,8 @@ class Daemon:
             watch=self._watch_settings,
             health=self.status.discovery,
             environ=self._environ if self._environ is not None else dict(os.environ),
-            on_change=self._discovered,
+            on_change=self._reconcile_wanted.set,
+            on_activity=lambda: Hooks.call(self.hooks.discovery_activity),
             adopt_bundle=self._adopt_bundle,
             report_bundle=self._bundle_evaluated,
         )
@@ -281,37 +263,33 @@ class Daemon:
         """Started, and every Kubernetes source has completed its first list."""
         return self.ready and (self.discovery is None or self.discovery.synced)
 
-    def _discovered(self) -> None:
-        if self._scheduler is not None:
-            self._apply_targets(self.settings)
+    async def _reconciler(self) -> None:
+        """Discovery's changes, applied after the watch loop has returned to its own work."""
+        while True:
+            await self._reconcile_wanted.wait()
+            self._reconcile()
+
+    def _listener_files_checked(self) -> None:
+        Hooks.call(self.hooks.listener_files_checked)
 
     def _bundle_evaluated(self, ok: bool) -> None:
         self.status.bundle_reload_success = ok
-        self.bundle_checked.set()
+        Hooks.call(self.hooks.bundle_checked, ok)
 
     def _watch_bundle(self, settings: Settings, bundle: TrustAnchors | None) -> None:
         """(Re)start following the bundle file; polled at half the probe interval (at most 5 s)
         so new roots are in use within one interval."""
-        if self._bundle_task is not None:
-            self._bundle_task.cancel()
-            self._bundle_task = None
+        self._tasks.cancel("bundle file")
         path = settings.trust.bundle_file
         if path is None or bundle is None:
             return
         watch = BundleWatcher(path, on_change=self._adopt_bundle)
         period = max(0.2, min(5.0, settings.defaults.interval / 2))
-
-        async def poll() -> None:
-            while True:
-                await asyncio.sleep(period)
-                try:
-                    await watch.check_off_loop()
-                except Exception:  # a bug must not end trust reloading silently: log, go on
-                    log.exception("trust bundle check failed unexpectedly", path=path)
-                self.status.bundle_reload_success = watch.success
-                self.bundle_checked.set()
-
-        self._bundle_task = asyncio.create_task(poll(), name="trust bundle watch")
+        self._tasks.start(
+            "bundle file",
+            lambda: watch.watch(period, self._bundle_evaluated),
+            label="trust bundle file",
+        )
 
     def _adopt_bundle(self, bundle: TrustAnchors | None) -> None:
         self.status.bundle = bundle
@@ -321,17 +299,12 @@ class Daemon:
             self._env.anchors = bundle if bundle is not None else TrustAnchors.system()
         self.identity_body()
 
-    def _our_roots(self) -> frozenset[str] | None:
-        bundle = self.status.bundle
-        return bundle.fingerprints() if bundle is not None else None
-
-    def _peer_metrics(self) -> Iterator[Metric]:
-        return self.peers.collect() if self.peers is not None else iter(())
-
-    def _apply_targets(self, settings: Settings) -> None:
+    def _reconcile(self) -> None:
         """Static, peer and discovered targets, merged and reconciled by value: unchanged
         targets keep their scheduler loop (and rhythm) whatever else changed."""
         assert self._scheduler is not None and self._env is not None
+        self._reconcile_wanted.clear()  # what was asked for until now is in this one
+        settings = self.settings
         found = self.discovery
         peers = merge_peers(
             [Peer(p.cluster, p.url) for p in settings.peers],
@@ -358,13 +331,11 @@ class Daemon:
         before = self._scheduler.targets
         self.state.set_targets(targets)
         added, removed = self._scheduler.reconcile(targets)
-        self.targets_added += added
-        self.targets_removed += removed
         for target in before - set(targets):
             self._env.forget(target)
         if added or removed:
             log.info("targets reconciled", added=added, removed=removed, total=len(targets))
-        self.targets_changed.set()
+        Hooks.call(self.hooks.reconciled, added, removed)
 
     # -- results -------------------------------------------------------------------------------
 
@@ -372,8 +343,7 @@ class Daemon:
         transition = self.state.record(target, result)
         if transition is not None:
             _log_transition(transition)
-        for listener in self.listeners:
-            listener(target, result)
+        Hooks.call(self.hooks.result, target, result)
 
     def identity_body(self) -> bytes:
         """`/v1/identity`: the bytes built at the last change of bundle or trust domain (the

@@ -15,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import Awaitable, Callable, Iterable
+from functools import partial
 
 import structlog
 
 from meshprobe.model import ProbeResult, Reason, Target
-from meshprobe.tasks import cancel_and_wait
+from meshprobe.tasks import TaskSet
 
 ProbeRunner = Callable[[Target], Awaitable[ProbeResult]]
 ResultSink = Callable[[Target, ProbeResult], None]
@@ -45,7 +46,7 @@ class Scheduler:
         # A probe that ignores its own timeout is cut this long after it: a bug guard.
         self._grace = grace
         self._rng = rng or random.Random()
-        self._loops: dict[Target, asyncio.Task[None]] = {}
+        self._loops: TaskSet[Target] = TaskSet("scheduler")
 
     @property
     def targets(self) -> frozenset[Target]:
@@ -56,18 +57,16 @@ class Scheduler:
         wanted = set(targets)
         removed = [t for t in self._loops if t not in wanted]
         for target in removed:
-            self._loops.pop(target).cancel()
+            self._loops.cancel(target)
         added = [t for t in wanted if t not in self._loops]
         for target in added:
-            self._loops[target] = asyncio.create_task(
-                self._loop(target), name=f"probe {target.name}@{target.cluster}"
+            self._loops.start(
+                target, partial(self._loop, target), label=f"{target.name}@{target.cluster}"
             )
         return len(added), len(removed)
 
     async def aclose(self) -> None:
-        loops = list(self._loops.values())
-        self._loops.clear()
-        await cancel_and_wait(loops)
+        await self._loops.aclose()
 
     def _jittered(self, interval: float) -> float:
         return interval * self._jitter * self._rng.random()

@@ -71,28 +71,22 @@ def _window(
 
 def ca_key_usage() -> x509.KeyUsage:
     """A CA's key usage: sign certificates and CRLs (and, as webpki wants, digital signatures)."""
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return _key_usage(ca=True)
 
 
 def _leaf_key_usage() -> x509.KeyUsage:
+    return _key_usage(ca=False)
+
+
+def _key_usage(*, ca: bool) -> x509.KeyUsage:
     return x509.KeyUsage(
         digital_signature=True,
         content_commitment=False,
         key_encipherment=False,
         data_encipherment=False,
         key_agreement=False,
-        key_cert_sign=False,
-        crl_sign=False,
+        key_cert_sign=ca,
+        crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
     )

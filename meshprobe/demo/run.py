@@ -25,13 +25,14 @@ from aiohttp import web
 
 from meshprobe.config.durations import format_duration, parse_duration
 from meshprobe.config.settings import Settings, load_settings_from_mapping
+from meshprobe.daemon.hooks import Hooks
 from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.daemon.logsetup import configure_logging
 from meshprobe.demo import pki
 from meshprobe.demo.stack import run_stack, scale_durations, stack_available
 from meshprobe.model import ProbeResult, Target
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.identity import identity_document
-from meshprobe.trust.verdict import TrustAnchors
 from meshprobe.web.server import build_app, start_site
 
 TRUST_DOMAIN = "cluster.local"
@@ -245,9 +246,11 @@ async def run_demo(
             for r in responders:
                 for runner in r.runners:
                     resources.push_async_callback(runner.cleanup)
-            daemon = Daemon(_settings(responders, bundle, listen, interval))
             table = LiveTable()
-            daemon.listeners.append(table.observe)
+            daemon = Daemon(
+                _settings(responders, bundle, listen, interval),
+                hooks=Hooks(result=[table.observe]),
+            )
             await daemon.start()
             resources.push_async_callback(daemon.stop)
             host = listen.rsplit(":", 1)[0]
@@ -282,11 +285,9 @@ async def run_demo(
 
 
 def _peer_lines(daemon: Daemon) -> str:
-    if daemon.peers is None:
-        return ""
     lines = []
-    for cluster, status in sorted(daemon.peers.status.items()):
-        match = daemon.peers.trust_match(status)
+    for cluster, status in sorted(daemon.status.peers.items()):
+        match = daemon.status.peer_trust(status)
         verdict = {True: "shares our root CA", False: "CA MISMATCH", None: "unknown"}[match]
         lines.append(f"peer {cluster}: {'up' if status.up else 'DOWN'}, {verdict}")
     return "\n".join(lines)

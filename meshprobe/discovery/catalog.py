@@ -21,8 +21,7 @@ from meshprobe.discovery.services import (
     object_name,
     source_of,
 )
-from meshprobe.model import Target
-from meshprobe.peers import Peer
+from meshprobe.model import Peer, Target
 
 log = structlog.get_logger(__name__)
 

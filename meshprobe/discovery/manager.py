@@ -25,11 +25,10 @@ from meshprobe.discovery.client import ClientSetupError, Collection, KubeApi, co
 from meshprobe.discovery.services import SOURCE_LINKERD, SOURCE_SERVICES, TargetDefaults
 from meshprobe.discovery.trustmap import ConfigMapBundle
 from meshprobe.discovery.watch import WatchHandler, WatchLoop, WatchSettings
-from meshprobe.metrics.instance import DiscoveryHealth
-from meshprobe.model import Target
-from meshprobe.peers import Peer
-from meshprobe.tasks import cancel_and_wait
-from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.model import Peer, Target
+from meshprobe.state.instance import DiscoveryHealth
+from meshprobe.tasks import TaskSet
+from meshprobe.trust.anchors import TrustAnchors
 
 log = structlog.get_logger(__name__)
 
@@ -59,6 +58,7 @@ class Discovery:
         health: DiscoveryHealth,
         environ: Mapping[str, str],
         on_change: Callable[[], None],
+        on_activity: Callable[[], None] = lambda: None,
         adopt_bundle: Callable[[TrustAnchors], None],
         report_bundle: Callable[[bool], None],
         rng: random.Random | None = None,
@@ -69,15 +69,14 @@ class Discovery:
         self._health = health
         self._environ = environ
         self._on_change = on_change
+        self._on_activity = on_activity
         self._rng = rng or random.Random()
-        self.changed = asyncio.Event()  # set after every change of targets or peers
-        self.activity = asyncio.Event()  # set after any list, event, failure or change
         self.catalog: ServiceCatalog | None = None
         self.bundle: ConfigMapBundle | None = None
         self.loops: list[WatchLoop] = []
         self._loop_up: dict[int, bool] = {}
         self.api: KubeApi | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: TaskSet[str] = TaskSet("discovery")
         if kube.enabled:
             for source in (SOURCE_SERVICES, SOURCE_LINKERD):
                 health.register(source, yields_targets=True)
@@ -102,12 +101,10 @@ class Discovery:
     # -- lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="kubernetes discovery")
+        self._tasks.start("kubernetes", self._run, label="kubernetes discovery")
 
     async def aclose(self) -> None:
-        if self._task is not None:
-            await cancel_and_wait([self._task])
-            self._task = None
+        await self._tasks.aclose()
         if self.api is not None:
             await self.api.aclose()
             self.api = None
@@ -132,8 +129,7 @@ class Discovery:
 
     def _changed(self) -> None:
         self._on_change()
-        self.changed.set()
-        self.activity.set()
+        self._on_activity()
 
     def _sources(self, loop: WatchLoop) -> tuple[str, ...]:
         if loop.collection.resource == rbac.SERVICES:
@@ -163,7 +159,7 @@ class Discovery:
                 for source in self._health.up:
                     self._health.up[source] = False
                     self._health.count_error(source)
-                self.activity.set()
+                self._on_activity()
                 delay = self._watch.backoff.delay(failures, self._rng)
                 log.error(
                     "kubernetes client set-up failed", error=str(exc), retry_in=round(delay, 3)
@@ -211,7 +207,7 @@ class Discovery:
             handler=handler,
             settings=self._watch,
             on_health=health,
-            activity=self.activity,
+            on_activity=self._on_activity,
             rng=self._rng,
         )
         return loop

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from meshprobe.model import Target
-from meshprobe.peers import Peer
+from meshprobe.model import Peer, Target
 
 
 def merge_targets(

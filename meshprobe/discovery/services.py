@@ -19,8 +19,7 @@ from typing import Any
 
 from meshprobe.config.durations import parse_duration
 from meshprobe.config.targets import TimeoutOverInterval, make_target
-from meshprobe.model import SCHEME_KIND, Target, TLSOptions
-from meshprobe.peers import Peer
+from meshprobe.model import SCHEME_KIND, Peer, Target, TLSOptions
 
 PREFIX = "meshprobe.io/"
 PROBE = PREFIX + "probe"

@@ -14,8 +14,8 @@ from typing import Any
 
 import structlog
 
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.bundlesource import KeepLastGood
-from meshprobe.trust.verdict import TrustAnchors
 
 log = structlog.get_logger(__name__)
 

@@ -127,7 +127,7 @@ class WatchLoop:
         handler: WatchHandler,
         settings: WatchSettings,
         on_health: Callable[[bool, Exception | None], None],
-        activity: asyncio.Event | None = None,
+        on_activity: Callable[[], None] = lambda: None,
         rng: random.Random | None = None,
     ) -> None:
         self._api = api
@@ -136,7 +136,7 @@ class WatchLoop:
         self._settings = settings
         self._on_health = on_health  # (up, error) after every success or failure
         # Set after every list, event, bookmark and failure: what tests wait on instead of sleeping.
-        self.activity = activity or asyncio.Event()
+        self._on_activity = on_activity  # after any list, event, failure or change
         self._rng = rng or random.Random()
         self._failures = 0  # since the last working watch: the backoff step
         self._watch_failures = 0  # watches failed in a row: `up` falls at down_after_failures
@@ -209,13 +209,13 @@ class WatchLoop:
         self._failures = 0
         self._watch_failures = 0
         self._on_health(self.up, None)
-        self.activity.set()
+        self._on_activity()
 
     async def _failed(self, exc: Exception) -> None:
         self._failures += 1
         self.stats.failures += 1
         self._on_health(self.up, exc)
-        self.activity.set()
+        self._on_activity()
         delay = self._settings.backoff.delay(self._failures, self._rng)
         log.warning(
             "kubernetes list/watch failed, retrying",
@@ -227,7 +227,7 @@ class WatchLoop:
         await asyncio.sleep(delay)
 
     def _progress(self) -> None:
-        self.activity.set()
+        self._on_activity()
 
     async def _list(self) -> None:
         self._listed = False  # until this list succeeds; a failure below reports down

@@ -8,8 +8,7 @@ exporters that mirror external state.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -24,41 +23,8 @@ from meshprobe import __version__
 from meshprobe.metrics import names as m
 from meshprobe.model import CertRole
 from meshprobe.state.edges import ProbeState
-from meshprobe.state.histogram import Histogram
-from meshprobe.trust.verdict import TrustAnchors, summarize
-
-
-@dataclass(slots=True)
-class DiscoveryHealth:
-    """Per discovery source (`kubernetes`, `linkerd`, `trust-configmap`): up, and errors so far.
-
-    Only sources that are configured appear, so a meshprobe without Kubernetes exports none."""
-
-    up: dict[str, bool] = field(default_factory=dict)
-    errors: dict[str, int] = field(default_factory=dict)
-    target_sources: set[str] = field(default_factory=set)  # exported as meshprobe_targets 0 too
-
-    def register(self, source: str, *, yields_targets: bool) -> None:
-        self.up.setdefault(source, False)
-        self.errors.setdefault(source, 0)
-        if yields_targets:
-            self.target_sources.add(source)
-
-    def count_error(self, source: str) -> None:
-        self.errors[source] = self.errors.get(source, 0) + 1
-
-
-@dataclass(slots=True)
-class InstanceStatus:
-    """Facts about this meshprobe process that are not per edge."""
-
-    config_reload_success: bool = True
-    config_reload_timestamp: float = 0.0
-    loop_lag: Histogram = field(default_factory=lambda: Histogram(m.LOOP_LAG_BUCKETS))
-    bundle: TrustAnchors | None = None  # the configured trust bundle; None when not configured
-    bundle_reload_success: bool = True  # False while a changed bundle file fails to parse
-    bundle_reload_timestamp: float = 0.0
-    discovery: DiscoveryHealth = field(default_factory=DiscoveryHealth)
+from meshprobe.state.instance import InstanceStatus
+from meshprobe.trust.names import summarize
 
 
 class MeshprobeCollector(Collector):
@@ -68,12 +34,10 @@ class MeshprobeCollector(Collector):
         source_cluster: str,
         state: ProbeState,
         status: InstanceStatus,
-        extra: Iterable[Callable[[], Iterable[Metric]]] = (),
     ) -> None:
         self._source = source_cluster
         self._state = state
         self._status = status
-        self._extra = tuple(extra)
 
     def describe(self) -> Iterable[Metric]:
         # Registration must not call collect(): state may not be ready yet.
@@ -82,8 +46,7 @@ class MeshprobeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         # The per-edge families are rendered by meshprobe.metrics.edges (fast, in slices).
         yield from self._instance_families()
-        for producer in self._extra:
-            yield from producer()
+        yield from self._peer_families()
 
     def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
         family = GaugeMetricFamily(name, documentation, labels=["source_cluster"])
@@ -182,3 +145,22 @@ class MeshprobeCollector(Collector):
                 "Certificates of the trust bundle skipped as unusable roots (logged once a load).",
                 float(status.bundle.skipped),
             )
+
+    def _peer_families(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            m.PEER_UP,
+            "Whether the peer's identity document was fetched and valid.",
+            labels=["source_cluster", "peer_cluster"],
+        )
+        match = GaugeMetricFamily(
+            m.PEER_TRUST_MATCH,
+            "1 when the peer's trust roots and ours share a root, 0 when disjoint.",
+            labels=["source_cluster", "peer_cluster"],
+        )
+        for cluster, status in sorted(self._status.peers.items()):
+            up.add_metric([self._source, cluster], 1.0 if status.up else 0.0)
+            verdict = self._status.peer_trust(status)
+            if verdict is not None:
+                match.add_metric([self._source, cluster], 1.0 if verdict else 0.0)
+        yield up
+        yield match

@@ -23,9 +23,9 @@ import aiohttp
 
 from meshprobe.model import USER_AGENT, Phase, ProbeResult, Reason, Target, TCPStats, TLSReport
 from meshprobe.probes.tcpinfo import read_tcp_info
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.cache import VerdictCache
 from meshprobe.trust.record import RecordingContext
-from meshprobe.trust.verdict import TrustAnchors
 
 __all__ = [
     "Attempt",

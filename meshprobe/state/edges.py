@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from meshprobe.metrics.names import DURATION_BUCKETS
 from meshprobe.model import KIND_REASONS, ProbeResult, Reason, Target, TLSReport
-from meshprobe.state.histogram import Histogram
+from meshprobe.state.histogram import DURATION_BUCKETS, Histogram
 
 
 @dataclass(slots=True)

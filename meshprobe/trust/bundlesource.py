@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import structlog
 
-from meshprobe.trust.pem import read_pem_file
-from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.trust.anchors import TrustAnchors
+from meshprobe.trust.pem import read_pem_file, shown
 
 log = structlog.get_logger(__name__)
 _LOGGED_ROOTS = 10
@@ -106,6 +106,17 @@ class BundleWatcher:
         """`check`, with the reading and parsing in a worker thread: a bundle of thousands of
         roots takes over a second to parse, which must not stall the probes' event loop."""
         return self._apply(await asyncio.to_thread(self._read))
+
+    async def watch(self, period: float, on_check: Callable[[bool], None]) -> None:
+        """Poll every `period` until cancelled; `on_check(success)` after each poll. An unexpected
+        error is logged and polling goes on: trust reloading must never end silently."""
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self.check_off_loop()
+            except Exception:
+                log.exception("trust bundle check failed unexpectedly", path=shown(self.path))
+            on_check(self.success)
 
     def _read(self) -> _Reading:
         """The file's content and, when it is new, its roots or why they are refused. Reads our

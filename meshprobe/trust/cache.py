@@ -34,9 +34,10 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from meshprobe.model import CertSummary, Reason, TLSReport
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.names import identity_problem
 from meshprobe.trust.policy import cert_label
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.trust.verdict import assess_chain
 
 __all__ = ["DEFAULT_MAX_BYTES", "DEFAULT_MAX_ENTRIES", "DEFAULT_TTL", "VerdictCache"]
 

@@ -17,8 +17,8 @@ import os
 
 from meshprobe.config.errors import ConfigError, ConfigIssue
 from meshprobe.config.settings import Settings
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.pem import shown
-from meshprobe.trust.verdict import TrustAnchors
 
 __all__ = ["file_warnings", "load_trust_bundle"]
 

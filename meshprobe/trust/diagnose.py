@@ -29,7 +29,7 @@ from meshprobe.trust.names import summarize
 from meshprobe.trust.policy import cert_label, issuer_problems, signature_problem
 
 if TYPE_CHECKING:
-    from meshprobe.trust.verdict import TrustAnchors
+    from meshprobe.trust.anchors import TrustAnchors
 
 __all__ = ["Diagnosis", "diagnose", "extension_error", "self_signed", "window_problem"]
 

@@ -6,7 +6,8 @@ Keys and intermediates never appear here.
 Two properties matter more than the content. The document is *bounded*: `IDENTITY_MAX_BYTES` is
 the one limit the producer (here) and the consumer (`peers`) share, so a peer never refuses what
 we publish; a bundle with more roots than fit is published as a valid, explicitly truncated
-document (`"truncated": true`, `"root_count"`) instead of one peers reject. And it is *built once
+document (`"truncated": true`, `"root_count"`) instead of one peers reject; `parse_identity`
+reads a peer's document with the same limits, as untrusted input. And it is *built once
 per change* of its inputs, never per request: encoding thousands of roots on every GET held the
 event loop long enough to starve health checks and neighbouring probes.
 """
@@ -14,7 +15,9 @@ event loop long enough to starve health checks and neighbouring probes.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
 
@@ -22,7 +25,7 @@ import structlog
 
 from meshprobe import __version__
 from meshprobe.model import CertSummary
-from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.trust.anchors import TrustAnchors
 
 log = structlog.get_logger(__name__)
 
@@ -153,3 +156,59 @@ class PublishedIdentity:
             self._body = self._build(cluster=cluster, trust_domain=trust_domain, bundle=bundle)
             self._inputs = (cluster, trust_domain, bundle)
         return self._body
+
+
+# -- a peer's document: untrusted input ------------------------------------------------------
+
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
+
+
+class IdentityError(Exception):
+    """The peer answered, but not with a usable identity document."""
+
+
+@dataclass(frozen=True, slots=True)
+class PeerIdentity:
+    roots: frozenset[str]  # the fingerprints the document lists
+    root_count: int  # roots in the peer's bundle: more than listed when truncated
+    truncated: bool
+
+
+def _decode(body: bytes) -> object:
+    try:
+        return json.loads(body)
+    except RecursionError:
+        # CPython's decoder recurses per nesting level: 30k '[' in 60 KB exhaust the stack limit.
+        raise IdentityError("identity is not JSON: nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int too long to convert
+        raise IdentityError(f"identity is not JSON: {exc}") from None
+
+
+def parse_identity(body: bytes, *, expected_cluster: str) -> PeerIdentity:
+    """Validate a peer's identity document (schema in docs/identity.md)."""
+    doc = _decode(body)
+    if not isinstance(doc, dict):
+        raise IdentityError("identity is not a JSON object")
+    cluster = doc.get("cluster")
+    if not isinstance(cluster, str):
+        raise IdentityError("identity has no 'cluster' string")
+    if cluster != expected_cluster:
+        raise IdentityError(
+            f"peer configured as cluster {expected_cluster!r} says it is {cluster!r}"
+        )
+    roots = doc.get("roots")
+    if not isinstance(roots, list):
+        raise IdentityError("identity has no 'roots' list")
+    fingerprints = set()
+    for i, root in enumerate(roots):
+        fp = root.get("fingerprint_sha256") if isinstance(root, dict) else None
+        if not isinstance(fp, str) or not _FINGERPRINT.fullmatch(fp):
+            raise IdentityError(f"roots[{i}].fingerprint_sha256 is not a lowercase SHA-256 hex")
+        fingerprints.add(fp)
+    truncated = doc.get("truncated", False)
+    if not isinstance(truncated, bool):
+        raise IdentityError("identity 'truncated' is not a boolean")
+    root_count = doc.get("root_count", len(roots))
+    if type(root_count) is not int or root_count < len(roots):
+        raise IdentityError("identity 'root_count' is not an integer at least the roots listed")
+    return PeerIdentity(frozenset(fingerprints), root_count, truncated)

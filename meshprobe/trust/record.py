@@ -23,8 +23,9 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from meshprobe.model import TLSReport
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.cache import VerdictCache
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.trust.verdict import assess_chain
 
 __all__ = [
     "HandshakeRecorder",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import weakref
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -35,6 +36,41 @@ async def responder(
         await runner.cleanup()
 
 
+class Signals:
+    """The daemon's hooks as events a test waits on (never a sleep), plus reconcile counts."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.reconciled = asyncio.Event()
+        self.bundle_checked = asyncio.Event()
+        self.listener_files_checked = asyncio.Event()
+        self.peer_checked = asyncio.Event()
+        self.discovery_activity = asyncio.Event()
+        self.added = 0  # scheduler loops started and stopped since attached: an unchanged
+        self.removed = 0  # target never counts in either
+        hooks = daemon.hooks
+        hooks.reconciled.append(self._reconciled)
+        hooks.bundle_checked.append(lambda _ok: self.bundle_checked.set())
+        hooks.listener_files_checked.append(self.listener_files_checked.set)
+        hooks.peer_checked.append(lambda _cluster: self.peer_checked.set())
+        hooks.discovery_activity.append(self.discovery_activity.set)
+
+    def _reconciled(self, added: int, removed: int) -> None:
+        self.added += added
+        self.removed += removed
+        self.reconciled.set()
+
+
+_SIGNALS: weakref.WeakKeyDictionary[Daemon, Signals] = weakref.WeakKeyDictionary()
+
+
+def signals(daemon: Daemon) -> Signals:
+    """The daemon's Signals, attached at the first call."""
+    found = _SIGNALS.get(daemon)
+    if found is None:
+        found = _SIGNALS[daemon] = Signals(daemon)
+    return found
+
+
 class Rounds:
     """Counts results per target name so a test can wait for the next round, not for time."""
 
@@ -42,7 +78,7 @@ class Rounds:
         self.counts: Counter[str] = Counter()
         self.last: dict[str, ProbeResult] = {}
         self._changed = asyncio.Event()
-        daemon.listeners.append(self._observe)
+        daemon.hooks.result.append(self._observe)
 
     def _observe(self, target: Target, result: ProbeResult) -> None:
         self.counts[target.name] += 1

@@ -23,7 +23,7 @@ from meshprobe.config.targets import make_target as make_target_from_url
 from meshprobe.demo import pki
 from meshprobe.demo.pki import Issued
 from meshprobe.model import Target, TLSOptions
-from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.trust.anchors import TrustAnchors
 
 SPIFFE_ID = "spiffe://cluster.local/ns/mesh/sa/echo"
 OTHER_SPIFFE_ID = "spiffe://cluster.local/ns/other/sa/intruder"

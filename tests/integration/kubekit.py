@@ -14,6 +14,7 @@ from meshprobe.config.settings import load_settings
 from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.discovery.watch import Backoff, WatchSettings
 from meshprobe.model import Target
+from tests.integration.daemonkit import signals
 
 # Fast retries so the tests wait on events for milliseconds, not on production backoff.
 FAST_WATCH = WatchSettings(
@@ -87,4 +88,5 @@ async def eventually(check: Callable[[], bool], *events: asyncio.Event, limit: f
 
 async def until_discovered(daemon: Daemon, check: Callable[[], bool], limit: float = 5.0) -> None:
     assert daemon.discovery is not None
-    await eventually(check, daemon.discovery.activity, daemon.targets_changed, limit=limit)
+    sig = signals(daemon)
+    await eventually(check, sig.discovery_activity, sig.reconciled, limit=limit)

@@ -13,7 +13,7 @@ from structlog.testing import capture_logs
 
 from meshprobe.discovery import services as ann
 from meshprobe.model import Scope
-from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon
+from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon, signals
 from tests.integration.kubefake import FakeKube, free_port, service
 from tests.integration.kubekit import (
     daemon_config,
@@ -144,9 +144,8 @@ async def test_linkerd_mirror_is_a_remote_target_and_meshprobe_mirror_a_peer(
             assert (api.scope, api.budget, api.discovery) == (Scope.REMOTE, 0.15, "linkerd")
             echo = found[("meshprobe/echo", "cluster2")]
             assert echo.url == f"http://127.0.0.1:{port}/v1/echo"
-            assert daemon.peers is not None
-            peers = daemon.peers
-            await eventually(lambda: "cluster2" in peers.status, peers.changed)
+            peers = daemon.status.peers
+            await eventually(lambda: "cluster2" in peers, signals(daemon).peer_checked)
             await rounds.wait(["production/api", "meshprobe/echo"])
             assert rounds.last["production/api"].served_by == "cluster2"
             assert rounds.last["meshprobe/echo"].success
@@ -166,7 +165,8 @@ async def test_watch_survives_dropped_connection_and_410_gone(tmp_path: Path) ->
             await until_discovered(daemon, lambda: len(targets_of(daemon)) == 3)
             await fake.wait_for(lambda: fake.active_watches == 1)
             (loop,) = daemon.discovery.loops
-            start = (daemon.targets_added, daemon.targets_removed)
+            sig = signals(daemon)
+            start = (sig.added, sig.removed)
 
             # Cut the watch while the API server refuses reconnects; change things meanwhile.
             fake.failing = 503
@@ -186,7 +186,7 @@ async def test_watch_survives_dropped_connection_and_410_gone(tmp_path: Path) ->
             resumed = [r for r in fake.requests if r.verb == "watch"][-1]
             assert int(resumed.query["resourceVersion"]) >= 1003
             # Only real changes restarted loops: d and the new b in, c and the old b out.
-            assert (daemon.targets_added - start[0], daemon.targets_removed - start[1]) == (2, 2)
+            assert (sig.added - start[0], sig.removed - start[1]) == (2, 2)
 
             # Now expire our version: the watch gets 410 Gone and lists again.
             await fake.wait_for(lambda: fake.active_watches == 1)
@@ -206,7 +206,7 @@ async def test_watch_survives_dropped_connection_and_410_gone(tmp_path: Path) ->
                 "default/e",
             ]
             assert loop.stats.gone == 1
-            assert (daemon.targets_added - start[0], daemon.targets_removed - start[1]) == (3, 3)
+            assert (sig.added - start[0], sig.removed - start[1]) == (3, 3)
             text = await scrape_daemon(daemon)
             assert _metric(text, "meshprobe_discovery_up", discovery="kubernetes") == [1.0]
             # The dropped stream and the refused reconnects count; 410 Gone is routine and does not.

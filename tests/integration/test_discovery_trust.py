@@ -17,7 +17,7 @@ from meshprobe.discovery import rbac
 from meshprobe.discovery import services as ann
 from meshprobe.discovery.client import Collection, connect
 from meshprobe.discovery.watch import Backoff, WatchLoop, WatchSettings
-from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon
+from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon, signals
 from tests.integration.faults import TestPki
 from tests.integration.kubefake import FakeKube, configmap, service
 from tests.integration.kubekit import (
@@ -207,16 +207,18 @@ async def test_in_cluster_service_account_over_https(tmp_path: Path, test_pki: T
         try:
             assert (api.credentials.source, api.credentials.host) == ("in-cluster", fake.url)
             handler = _Collect()
+            activity = asyncio.Event()
             loop = WatchLoop(
                 api=api,
                 collection=Collection(rbac.SERVICES),
                 handler=handler,
                 settings=WatchSettings(backoff=Backoff(initial=0.05, cap=0.2)),
                 on_health=lambda up, error: None,
+                on_activity=activity.set,
             )
             task = asyncio.create_task(loop.run())
             try:
-                await eventually(loop.synced.is_set, loop.activity)
+                await eventually(loop.synced.is_set, activity)
             finally:
                 task.cancel()
             assert handler.names == ["x"]
@@ -252,10 +254,10 @@ async def test_kubeconfig_context_and_resync(tmp_path: Path) -> None:
         async with kube_daemon(tmp_path, config, watch=watch) as daemon:
             assert daemon.discovery is not None
             await until_discovered(daemon, daemon.is_ready)
-            added = daemon.targets_added
+            added = signals(daemon).added
             (loop,) = daemon.discovery.loops
             await until_discovered(daemon, lambda: loop.stats.lists >= 2, limit=5.0)
-            assert daemon.targets_added == added and daemon.targets_removed == 0
+            assert signals(daemon).added == added and signals(daemon).removed == 0
         assert not decoy.requests
         watches = [r for r in fake.requests if r.verb == "watch"]
         assert watches and all(r.query["timeoutSeconds"] == "1" for r in watches)

@@ -22,11 +22,11 @@ from structlog.testing import capture_logs
 from meshprobe.config.settings import load_settings
 from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.demo import pki
-from meshprobe.peers import PeerStatus
+from meshprobe.state.instance import PeerStatus
 from meshprobe.trust.identity import IDENTITY_MAX_BYTES
 from meshprobe.web.server import start_site
 from tests.certkit import many_roots, pem
-from tests.integration.daemonkit import samples, scrape_daemon, write_config
+from tests.integration.daemonkit import samples, scrape_daemon, signals, write_config
 
 ROOTS = 5000
 
@@ -69,12 +69,12 @@ async def peer_view(
     assert daemon.peers is not None
     async with asyncio.timeout(20):
         for _ in range(checks):
-            daemon.peers.changed.clear()
-            await daemon.peers.changed.wait()
+            signals(daemon).peer_checked.clear()
+            await signals(daemon).peer_checked.wait()
     text = await scrape_daemon(daemon)
     up = {lbl["peer_cluster"]: v for lbl, v in samples(text, "meshprobe_peer_up")}
     match = {lbl["peer_cluster"]: v for lbl, v in samples(text, "meshprobe_peer_trust_match")}
-    return up[peer], match.get(peer), daemon.peers.status[peer]
+    return up[peer], match.get(peer), daemon.status.peers[peer]
 
 
 async def get_identity(session: aiohttp.ClientSession, daemon: Daemon) -> bytes:
@@ -189,8 +189,8 @@ async def test_identity_is_built_per_bundle_change_not_per_request(
             bundle.write_bytes(pem(two))  # a rotation on disk: exactly one more build
             async with asyncio.timeout(10):
                 while daemon.status.bundle is None or len(daemon.status.bundle.roots) != 2:
-                    daemon.bundle_checked.clear()
-                    await daemon.bundle_checked.wait()
+                    signals(daemon).bundle_checked.clear()
+                    await signals(daemon).bundle_checked.wait()
             after = await asyncio.gather(*(get_identity(session, daemon) for _ in range(10)))
     assert len(builds()) == 2 and builds()[1]["log_level"] == "info"
     assert len(set(after)) == 1

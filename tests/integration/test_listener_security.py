@@ -20,6 +20,7 @@ from meshprobe.demo import pki
 from meshprobe.web import auth as webauth
 from meshprobe.web.listener import ListenerSecurity
 from meshprobe.web.server import build_app, start_site
+from tests.integration.daemonkit import signals
 from tests.integration.weblistenerkit import (
     PASSWORD,
     USER,
@@ -174,8 +175,8 @@ async def test_the_watch_task_picks_up_rotations(
         rotated = tls.issue_server()
         async with asyncio.timeout(10):
             while (await presented_leaf(daemon, tls)).serial_number != rotated.cert.serial_number:
-                daemon.web_checked.clear()
-                await daemon.web_checked.wait()
+                signals(daemon).listener_files_checked.clear()
+                await signals(daemon).listener_files_checked.wait()
 
 
 async def test_sighup_applies_new_users_and_keeps_restart_only_tls(

@@ -20,9 +20,9 @@ from meshprobe.demo import pki
 from meshprobe.demo.pki import Issued
 from meshprobe.model import Reason
 from meshprobe.probes import ProbeEnv, run_probe
-from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.web.server import start_site
-from tests.integration.daemonkit import samples, scrape, scrape_daemon, write_config
+from tests.integration.daemonkit import samples, scrape, scrape_daemon, signals, write_config
 from tests.integration.faults import FaultServer, TestPki, echo, make_target
 
 
@@ -60,8 +60,8 @@ async def peer_metrics(daemon: Daemon, peer: str, checks: int = 2) -> tuple[floa
     assert daemon.peers is not None and daemon.port is not None
     async with asyncio.timeout(10):
         for _ in range(checks):
-            daemon.peers.changed.clear()
-            await daemon.peers.changed.wait()
+            signals(daemon).peer_checked.clear()
+            await signals(daemon).peer_checked.wait()
     text = await scrape_daemon(daemon)
     up = {lbl["peer_cluster"]: v for lbl, v in samples(text, "meshprobe_peer_up")}
     match = {lbl["peer_cluster"]: v for lbl, v in samples(text, "meshprobe_peer_trust_match")}
@@ -124,7 +124,7 @@ async def test_https_peer_from_another_root_is_untrusted(tmp_path: Path) -> None
             async with meshprobe(tmp_path, "cluster1", "127.0.1.1", [ours], peers=peers) as c1:
                 up, match = await peer_metrics(c1, "cluster2")
                 assert c1.peers is not None
-                detail = c1.peers.status["cluster2"].detail
+                detail = c1.status.peers["cluster2"].detail
         finally:
             await runner.cleanup()
     assert (up, match) == (0.0, 0.0)
@@ -170,7 +170,7 @@ async def test_broken_peers_are_down_never_a_crash(
         async with meshprobe(tmp_path, "cluster1", "127.0.1.1", [root], peers=peers) as c1:
             up, match = await peer_metrics(c1, "cluster2")
             assert c1.peers is not None
-            detail = c1.peers.status["cluster2"].detail
+            detail = c1.status.peers["cluster2"].detail
             release.set()
     finally:
         release.set()
@@ -222,8 +222,8 @@ async def test_bundle_swapped_on_disk_is_used_without_restart(tmp_path: Path) ->
         async def until(expected: tuple[set[str], float]) -> None:
             async with asyncio.timeout(5):  # the file is polled every 100 ms here
                 while await roots_and_ok() != expected:
-                    daemon.bundle_checked.clear()
-                    await daemon.bundle_checked.wait()
+                    signals(daemon).bundle_checked.clear()
+                    await signals(daemon).bundle_checked.wait()
 
         assert await roots_and_ok() == ({fingerprint(old)}, 1.0)
         swap(v2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from meshprobe.demo import pki
-from meshprobe.trust.verdict import TrustAnchors
+from meshprobe.trust.anchors import TrustAnchors
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,7 @@ from meshprobe.discovery import services as ann
 from meshprobe.discovery.catalog import ServiceCatalog
 from meshprobe.discovery.merge import merge_peers, merge_targets
 from meshprobe.discovery.watch import Backoff
-from meshprobe.model import Target
-from meshprobe.peers import Peer
+from meshprobe.model import Peer, Target
 from tests.unit.test_discovery_services import DEFAULTS, svc
 
 

@@ -9,8 +9,7 @@ import pytest
 
 from meshprobe.discovery import services as ann
 from meshprobe.discovery.services import AnnotationError, TargetDefaults, classify
-from meshprobe.model import Scope
-from meshprobe.peers import Peer
+from meshprobe.model import Peer, Scope
 
 DEFAULTS = TargetDefaults(
     cluster="cluster1",

@@ -12,16 +12,17 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from meshprobe.demo import pki
-from meshprobe.peers import IdentityError, parse_identity
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.identity import (
     IDENTITY_MAX_BYTES,
+    IdentityError,
     PublishedIdentity,
     build_identity,
     encode,
     identity_document,
+    parse_identity,
     publication_order,
 )
-from meshprobe.trust.verdict import TrustAnchors
 from tests.certkit import many_roots
 
 

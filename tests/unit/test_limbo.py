@@ -34,7 +34,8 @@ from cryptography.utils import CryptographyDeprecationWarning
 from structlog.testing import capture_logs
 
 from meshprobe.model import Reason, TLSReport
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.trust.anchors import TrustAnchors
+from meshprobe.trust.verdict import assess_chain
 
 LIMBO = Path(__file__).resolve().parents[3] / "shared/limbo/limbo.json.gz"
 DOC = Path(__file__).resolve().parents[2] / "docs/trust-conformance.md"

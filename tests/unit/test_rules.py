@@ -15,8 +15,9 @@ import yaml
 
 from meshprobe.metrics import names as m
 from meshprobe.metrics.edges import FAMILIES
-from meshprobe.metrics.instance import InstanceStatus, MeshprobeCollector
+from meshprobe.metrics.instance import MeshprobeCollector
 from meshprobe.state.edges import ProbeState
+from meshprobe.state.instance import InstanceStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "meshprobe-rules.yaml"

@@ -50,12 +50,24 @@ async def test_unchanged_target_keeps_its_loop_and_changed_target_restarts() -> 
     sched = Scheduler(run=ok, sink=lambda *_: None, concurrency=1)
     a, b = target("a", interval=60.0), target("b", interval=60.0)
     sched.reconcile([a, b])
-    loops = dict(sched._loops)
+    before = {name: loop_task(name) for name in ("a", "b")}
     b2 = replace(b, budget=0.9)
     assert sched.reconcile([a, b2]) == (1, 1)
-    assert sched._loops[a] is loops[a]
-    assert loops[b].cancelled() or loops[b].cancelling()
+    assert loop_task("a") is before["a"]
+    assert before["b"].cancelling()
+    assert loop_task("b") is not before["b"]
     await sched.aclose()
+    assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("scheduler: ")]
+
+
+def loop_task(name: str) -> asyncio.Task[object]:
+    """The running loop of target `name`, found the way a debugger would: by its task name."""
+    (task,) = [
+        t
+        for t in asyncio.all_tasks()
+        if t.get_name().startswith(f"scheduler: {name}@") and not t.cancelling()
+    ]
+    return task
 
 
 async def test_concurrency_bound_is_never_exceeded() -> None:

@@ -12,7 +12,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from meshprobe.demo import pki
 from meshprobe.model import CertRole, Reason
-from meshprobe.trust.verdict import TrustAnchors, assess_chain, load_pem_bundle, summarize
+from meshprobe.trust.anchors import TrustAnchors, load_pem_bundle
+from meshprobe.trust.names import summarize
+from meshprobe.trust.verdict import assess_chain
 
 SPIFFE = "spiffe://cluster.local/ns/production/sa/api-server"
 NOW = datetime.now(UTC)

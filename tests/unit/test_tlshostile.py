@@ -10,10 +10,12 @@ from structlog.testing import capture_logs
 
 from meshprobe.demo import pki
 from meshprobe.metrics import names as m
-from meshprobe.metrics.instance import InstanceStatus, MeshprobeCollector
+from meshprobe.metrics.instance import MeshprobeCollector
 from meshprobe.model import Reason
 from meshprobe.state.edges import ProbeState
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.state.instance import InstanceStatus
+from meshprobe.trust.anchors import TrustAnchors
+from meshprobe.trust.verdict import assess_chain
 from tests import certkit
 from tests.certkit import der
 

@@ -6,8 +6,9 @@ import pytest
 
 from meshprobe.demo import pki
 from meshprobe.model import Reason
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.cache import VerdictCache
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.trust.verdict import assess_chain
 from tests import certkit
 from tests.certkit import der
 

@@ -8,7 +8,8 @@ import pytest
 
 from meshprobe.demo import pki
 from meshprobe.model import CertRole, Reason
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.trust.anchors import TrustAnchors
+from meshprobe.trust.verdict import assess_chain
 from tests import certkit
 from tests.certkit import NOW, der
 

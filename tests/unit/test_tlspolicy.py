@@ -11,7 +11,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from meshprobe.demo import pki
 from meshprobe.model import Reason
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.trust.anchors import TrustAnchors
+from meshprobe.trust.verdict import assess_chain
 from tests import certkit
 from tests.certkit import der
 

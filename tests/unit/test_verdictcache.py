@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from meshprobe.demo import pki
 from meshprobe.model import Reason
+from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.cache import DEFAULT_MAX_BYTES, VerdictCache, footprint
-from meshprobe.trust.verdict import TrustAnchors, assess_chain
+from meshprobe.trust.verdict import assess_chain
 
 ARGS: dict[str, Any] = {
     "server_name": "svc.example",

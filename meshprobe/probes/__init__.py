@@ -13,14 +13,14 @@ from collections.abc import Awaitable, Callable, Mapping
 import structlog
 
 from meshprobe.model import ProbeKind, ProbeResult, Reason, Target
-from meshprobe.probes.env import ProbeEnv, close_attempt, open_attempt
+from meshprobe.probes.env import Attempt, ProbeEnv
 from meshprobe.probes.http import probe_http
 from meshprobe.probes.tcp import probe_tcp
 from meshprobe.probes.tls import probe_tls
 
 __all__ = ["PROBES", "ProbeEnv", "ProbeFn", "run_probe"]
 
-ProbeFn = Callable[[Target, ProbeEnv], Awaitable[ProbeResult]]
+ProbeFn = Callable[[Target, ProbeEnv, Attempt], Awaitable[ProbeResult]]
 
 PROBES: Mapping[ProbeKind, ProbeFn] = {
     ProbeKind.HTTP: probe_http,
@@ -31,10 +31,10 @@ PROBES: Mapping[ProbeKind, ProbeFn] = {
 
 async def run_probe(target: Target, env: ProbeEnv) -> ProbeResult:
     """Run one probe within `target.timeout`; never raises except on cancellation."""
-    attempt, token = open_attempt()
+    attempt = Attempt()
     try:
         async with asyncio.timeout(target.timeout):
-            return await PROBES[target.kind](target, env)
+            return await PROBES[target.kind](target, env, attempt)
     except TimeoutError:
         return attempt.result(Reason.TIMEOUT, f"no complete answer within {target.timeout:g}s")
     except Exception as exc:
@@ -46,5 +46,3 @@ async def run_probe(target: Target, env: ProbeEnv) -> ProbeResult:
             "probe failed unexpectedly", target=target.name, url=target.shown_url
         )
         return attempt.result(Reason.PROTOCOL, f"unexpected {type(exc).__name__}: {exc}")
-    finally:
-        close_attempt(token)

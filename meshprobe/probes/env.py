@@ -9,12 +9,13 @@ had measured when the deadline cut it off, without every probe catching cancella
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import os
 import re
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any, Literal
@@ -32,9 +33,7 @@ __all__ = [
     "KeepAlive",
     "ProbeEnv",
     "TraceEvent",
-    "close_attempt",
-    "current_attempt",
-    "open_attempt",
+    "sockets_of",
 ]
 
 
@@ -92,34 +91,33 @@ class Attempt:
             self.tcp = stats if self.tcp is None else self.tcp.plus(stats)
 
 
-_ATTEMPT: contextvars.ContextVar[Attempt] = contextvars.ContextVar("meshprobe_attempt")
+# Probes receive their attempt as an argument. Only aiohttp's socket factory cannot: aiohttp
+# calls it with the address alone, inside the probe's task, so the attempt reaches it through
+# this context variable, set by `sockets_of` around the request.
+_SOCKETS_OF: contextvars.ContextVar[Attempt | None] = contextvars.ContextVar(
+    "meshprobe_sockets_of", default=None
+)
 
 
 def _attempt_socket(addr_info: Any) -> socket.socket:
-    """aiohttp's socket factory: the socket is noted on the running attempt, so the probe can
-    read the kernel's TCP_INFO for it while the connection is open."""
+    """aiohttp's socket factory: the socket is noted on the attempt making the request, so the
+    probe can read the kernel's TCP_INFO for it while the connection is open."""
     family, kind, proto, _, _ = addr_info
     sock = socket.socket(family=family, type=kind, proto=proto)
-    current_attempt().sockets.append(sock)
+    attempt = _SOCKETS_OF.get()
+    if attempt is not None:
+        attempt.sockets.append(sock)
     return sock
 
 
-def current_attempt() -> Attempt:
-    """The attempt `run_probe` opened; a throwaway one when a probe is called directly."""
+@contextlib.contextmanager
+def sockets_of(attempt: Attempt) -> Iterator[None]:
+    """Sockets aiohttp opens inside this block (happy eyeballs may open several) go to `attempt`."""
+    token = _SOCKETS_OF.set(attempt)
     try:
-        return _ATTEMPT.get()
-    except LookupError:
-        return Attempt()
-
-
-def open_attempt() -> tuple[Attempt, contextvars.Token[Attempt]]:
-    """Start an attempt that `current_attempt` will return until `close_attempt`."""
-    attempt = Attempt()
-    return attempt, _ATTEMPT.set(attempt)
-
-
-def close_attempt(token: contextvars.Token[Attempt]) -> None:
-    _ATTEMPT.reset(token)
+        yield
+    finally:
+        _SOCKETS_OF.reset(token)
 
 
 TraceEvent = Literal["dns_start", "dns_end", "conn_start", "conn_end", "reuse", "sent", "redirect"]

@@ -17,7 +17,7 @@ import aiohttp
 from yarl import URL
 
 from meshprobe.model import CLUSTER_HEADER, Phase, ProbeResult, Reason, Target
-from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, current_attempt
+from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, sockets_of
 from meshprobe.probes.tcp import connect_reason
 from meshprobe.probes.tls import (
     handshake_failure,
@@ -249,8 +249,7 @@ def _session_and_context(
     return env.fresh_session, context
 
 
-async def probe_http(target: Target, env: ProbeEnv) -> ProbeResult:
-    attempt = current_attempt()
+async def probe_http(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
     try:
         session, context = _session_and_context(target, env)
     except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted
@@ -258,24 +257,25 @@ async def probe_http(target: Target, env: ProbeEnv) -> ProbeResult:
     timeline = _Timeline(attempt, recorder=context.recorder if context is not None else None)
     attempt.settlers.append(timeline.settle)
     try:
-        async with session.request(
-            target.method,
-            target.url,
-            headers=target.headers,
-            allow_redirects=target.follow_redirects,
-            ssl=context if context is not None else True,
-            server_hostname=target.tls.server_name if context is not None else None,
-            trace_request_ctx=timeline,
-            middlewares=_own_origin_headers(target),
-        ) as resp:
-            timeline.answered(time.perf_counter())
-            attempt.status_code = resp.status
-            attempt.served_by = resp.headers.get(CLUSTER_HEADER)
-            if not _status_ok(target, resp.status):
-                return attempt.result(Reason.HTTP_STATUS, f"status {resp.status}")
-            failure = await _read_body(resp, target, env, attempt)
-            if failure is None:
-                timeline.completed(time.perf_counter())
+        with sockets_of(attempt):
+            async with session.request(
+                target.method,
+                target.url,
+                headers=target.headers,
+                allow_redirects=target.follow_redirects,
+                ssl=context if context is not None else True,
+                server_hostname=target.tls.server_name if context is not None else None,
+                trace_request_ctx=timeline,
+                middlewares=_own_origin_headers(target),
+            ) as resp:
+                timeline.answered(time.perf_counter())
+                attempt.status_code = resp.status
+                attempt.served_by = resp.headers.get(CLUSTER_HEADER)
+                if not _status_ok(target, resp.status):
+                    return attempt.result(Reason.HTTP_STATUS, f"status {resp.status}")
+                failure = await _read_body(resp, target, env, attempt)
+                if failure is None:
+                    timeline.completed(time.perf_counter())
     except aiohttp.ClientError as exc:
         if timeline.recorder is not None and timeline.recorder.fault is not None:
             raise timeline.recorder.fault from exc  # a bug of ours: run_probe logs it

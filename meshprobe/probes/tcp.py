@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
-from meshprobe.probes.env import Attempt, ProbeEnv, current_attempt
+from meshprobe.probes.env import Attempt, ProbeEnv
 
 __all__ = ["Addr", "ConnectFailed", "connect", "connect_reason", "probe_tcp", "resolve"]
 
@@ -112,10 +112,9 @@ async def connect(addrs: list[Addr], attempt: Attempt) -> socket.socket:
     ) from first_error
 
 
-async def probe_tcp(target: Target, env: ProbeEnv) -> ProbeResult:
+async def probe_tcp(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
     """A successful TCP handshake is the whole check; the socket is closed right away."""
     del env
-    attempt = current_attempt()
     try:
         sock = await connect(await resolve(target, attempt), attempt)
     except ConnectFailed as exc:

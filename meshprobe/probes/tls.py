@@ -13,7 +13,7 @@ import ssl
 import time
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
-from meshprobe.probes.env import Attempt, ProbeEnv, current_attempt
+from meshprobe.probes.env import Attempt, ProbeEnv
 from meshprobe.probes.tcp import ConnectFailed, connect, resolve
 from meshprobe.trust.record import HandshakeRecorder, RecordingContext, recording_context
 
@@ -123,8 +123,7 @@ def _record(attempt: Attempt, recorder: HandshakeRecorder) -> None:
         attempt.tls = recorder.report
 
 
-async def probe_tls(target: Target, env: ProbeEnv) -> ProbeResult:
-    attempt = current_attempt()
+async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
     try:
         context = target_context(target, env)
     except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted

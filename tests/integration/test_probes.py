@@ -20,6 +20,7 @@ from meshprobe import probes
 from meshprobe.demo import pki
 from meshprobe.model import CertRole, Phase, ProbeKind, ProbeResult, Reason, Target
 from meshprobe.probes import ProbeEnv, run_probe
+from meshprobe.probes.env import Attempt
 from meshprobe.probes.tcp import connect_reason
 from meshprobe.probes.tcpinfo import read_tcp_info
 from tests.integration import faults
@@ -364,7 +365,7 @@ async def test_tls_silent_server_times_out_with_connect_phase(env: ProbeEnv) -> 
 async def test_unexpected_exception_becomes_protocol(
     env: ProbeEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken(target: Target, env: ProbeEnv) -> ProbeResult:
+    async def broken(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
         raise KeyError("bug")
 
     monkeypatch.setitem(probes.PROBES, ProbeKind.TCP, broken)

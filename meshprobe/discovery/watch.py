@@ -28,7 +28,7 @@ import json
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import aiohttp
@@ -107,7 +107,7 @@ class WatchSettings:
 
 @dataclass(slots=True)
 class WatchStats:
-    """Counters tests and logs read."""
+    """What the loop has done: the version it resumes from, and counts logged when it stops."""
 
     lists: int = 0
     watches: int = 0
@@ -135,7 +135,6 @@ class WatchLoop:
         self._handler = handler
         self._settings = settings
         self._on_health = on_health  # (up, error) after every success or failure
-        # Set after every list, event, bookmark and failure: what tests wait on instead of sleeping.
         self._on_activity = on_activity  # after any list, event, failure or change
         self._rng = rng or random.Random()
         self._failures = 0  # since the last working watch: the backoff step
@@ -147,15 +146,18 @@ class WatchLoop:
         self.stats = WatchStats()
 
     async def run(self) -> None:
-        """List and watch until cancelled."""
-        while True:
-            try:
-                await self._cycle()
-            except RETRYABLE as exc:
-                await self._failed(exc)
-            except Exception as exc:  # a bug: log it loudly, keep watching
-                log.exception("watch loop error", collection=str(self.collection))
-                await self._failed(exc)
+        """List and watch until cancelled; the loop's counts are logged when it stops."""
+        try:
+            while True:
+                try:
+                    await self._cycle()
+                except RETRYABLE as exc:
+                    await self._failed(exc)
+                except Exception as exc:  # a bug: log it loudly, keep watching
+                    log.exception("watch loop error", collection=str(self.collection))
+                    await self._failed(exc)
+        finally:
+            log.info("watch loop stopped", collection=str(self.collection), **asdict(self.stats))
 
     async def _cycle(self) -> None:
         loop = asyncio.get_running_loop()

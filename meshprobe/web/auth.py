@@ -26,7 +26,7 @@ import hmac
 import os
 import secrets
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from enum import Enum
 
@@ -47,7 +47,13 @@ class Verdict(Enum):
 class BasicAuth:
     """`users` maps a name to its bcrypt hash (bytes)."""
 
-    def __init__(self, users: Mapping[str, bytes], *, cache_size: int = CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        users: Mapping[str, bytes],
+        *,
+        cache_size: int = CACHE_SIZE,
+        on_bcrypt: Callable[[], None] = lambda: None,
+    ) -> None:
         self._users = dict(users)
         self._key = secrets.token_bytes(32)
         self._cache: OrderedDict[bytes, None] = OrderedDict()
@@ -55,8 +61,7 @@ class BasicAuth:
         self._executor: ThreadPoolExecutor | None = None
         self._pending = 0
         self._dummy: dict[bytes, bytes] = {}  # cost -> a hash of a random password
-        self.bcrypt_runs = 0  # verifications that reached bcrypt (tests, and the curious)
-        self.verified = 0  # of those, the ones that succeeded
+        self._on_bcrypt = on_bcrypt  # after each verification that reached bcrypt
 
     @property
     def enabled(self) -> bool:
@@ -87,8 +92,8 @@ class BasicAuth:
             )
         finally:
             self._pending -= 1
+        self._on_bcrypt()
         if ok & known:  # both evaluated: no early exit on an unknown user
-            self.verified += 1
             self._remember(digest)
             return Verdict.OK
         return Verdict.DENIED
@@ -107,7 +112,6 @@ class BasicAuth:
 
     def _check(self, stored: bytes | None, password: bytes) -> bool:
         """In the worker thread."""
-        self.bcrypt_runs += 1
         if len(password) > MAX_PASSWORD_BYTES:
             return False
         target = stored if stored is not None else self._dummy_hash()

@@ -189,6 +189,7 @@ class Settings(BaseSettings):
                 server_name=tls.server_name,
                 insecure_skip_verify=tls.insecure_skip_verify,
             ),
+            metrics=self.defaults.metrics(spec.histogram, spec.phases),
         )
 
 

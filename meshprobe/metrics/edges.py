@@ -9,6 +9,7 @@ the server can yield to the loop between slices. Instance metrics stay with prom
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from meshprobe.metrics import names as m
 from meshprobe.model import KIND_PHASES, TLSReport
 from meshprobe.probes.tcpinfo import SUPPORTED as TCP_INFO_SUPPORTED
 from meshprobe.state.edges import EdgeStats, ProbeState
-from meshprobe.state.histogram import DURATION_BUCKETS
 
 SLICE = 500  # edges rendered between two yields to the event loop
 
@@ -64,22 +64,30 @@ def _success(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None
         add(f"{name}{{{_labels(src, s)}}} {'1.0' if ok else '0.0'}\n")
 
 
-_BUCKET_LE = (*(f',le="{b!r}"' for b in DURATION_BUCKETS), ',le="+Inf"')
+@functools.cache
+def _bucket_le(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The `le` label text of each bucket, made once per layout (a few layouts per daemon)."""
+    if not bounds:
+        return ()
+    return (*(f',le="{fmt(b)}"' for b in bounds), ',le="+Inf"')
 
 
 def _duration(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
+    """An edge with no bounds (its histogram switched off) exports `_count` and `_sum` only:
+    still a valid histogram, and what the success ratio and the mean need."""
     for s in edges:
         lbl = _labels(src, s)
+        hist = s.histogram
         running = 0
-        for le, n in zip(_BUCKET_LE, s.histogram.counts, strict=True):
+        for le, n in zip(_bucket_le(hist.bounds), hist.counts, strict=False):
             running += n
             add(f"{name}_bucket{{{lbl}{le}}} {running}.0\n")
-        add(f"{name}_count{{{lbl}}} {running}.0\n{name}_sum{{{lbl}}} {fmt(s.histogram.sum)}\n")
+        add(f"{name}_count{{{lbl}}} {hist.count}.0\n{name}_sum{{{lbl}}} {fmt(hist.sum)}\n")
 
 
 def _phases(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
-        if s.last is None:
+        if s.last is None or not s.target.metrics.phases:
             continue
         lbl = _labels(src, s)
         phases = s.last.phases

@@ -32,6 +32,8 @@ class Hooks:
     listener_files_checked: list[Callable[[], None]] = field(default_factory=list)
     peer_checked: list[Callable[[str], None]] = field(default_factory=list)  # peer cluster
     discovery_activity: list[Callable[[], None]] = field(default_factory=list)
+    # A listener basic-auth check that reached bcrypt (a cache miss), with its verdict.
+    bcrypt_checked: list[Callable[[bool], None]] = field(default_factory=list)
 
     @staticmethod
     def call(callbacks: list[Callable[..., None]], *args: Any) -> None:

@@ -107,7 +107,9 @@ class Daemon:
         # First: a listener certificate that does not load stops the start before anything
         # is opened that would need closing.
         self.web = web = ListenerSecurity(
-            self._web_config(settings), where="" if self.web_config_path else "web"
+            self._web_config(settings),
+            where="" if self.web_config_path else "web",
+            on_bcrypt=lambda granted: Hooks.call(self.hooks.bcrypt_checked, granted),
         )
         bundle = load_bundle(settings)
         self.status.bundle = bundle

@@ -52,7 +52,7 @@ class BasicAuth:
         users: Mapping[str, bytes],
         *,
         cache_size: int = CACHE_SIZE,
-        on_bcrypt: Callable[[], None] = lambda: None,
+        on_bcrypt: Callable[[bool], None] = lambda _ok: None,
     ) -> None:
         self._users = dict(users)
         self._key = secrets.token_bytes(32)
@@ -61,7 +61,7 @@ class BasicAuth:
         self._executor: ThreadPoolExecutor | None = None
         self._pending = 0
         self._dummy: dict[bytes, bytes] = {}  # cost -> a hash of a random password
-        self._on_bcrypt = on_bcrypt  # after each verification that reached bcrypt
+        self._on_bcrypt = on_bcrypt  # after each verification that reached bcrypt: its verdict
 
     @property
     def enabled(self) -> bool:
@@ -92,8 +92,9 @@ class BasicAuth:
             )
         finally:
             self._pending -= 1
-        self._on_bcrypt()
-        if ok & known:  # both evaluated: no early exit on an unknown user
+        granted = ok & known  # both evaluated: no early exit on an unknown user
+        self._on_bcrypt(granted)
+        if granted:
             self._remember(digest)
             return Verdict.OK
         return Verdict.DENIED

@@ -58,7 +58,13 @@ LIMITS = Limits()
 
 
 class ListenerSecurity:
-    def __init__(self, config: WebConfig, *, where: str = "web") -> None:
+    def __init__(
+        self,
+        config: WebConfig,
+        *,
+        where: str = "web",
+        on_bcrypt: Callable[[bool], None] = lambda _ok: None,
+    ) -> None:
         """Raises ConfigError (with field paths) when the TLS files do not load. `where` is
         the config path of the web settings: `web` for the config's section, empty for
         `--web.config.file`, whose keys are at its top level."""
@@ -66,7 +72,7 @@ class ListenerSecurity:
         spec = config.tls_server_config
         prefix = f"{where}.tls_server_config" if where else "tls_server_config"
         self.tls = ServerTLS(spec, where=prefix) if spec is not None else None
-        self.auth = BasicAuth(config.hashes())
+        self.auth = BasicAuth(config.hashes(), on_bcrypt=on_bcrypt)
         self._headers = dict(config.http_server_config.headers)
 
     @property

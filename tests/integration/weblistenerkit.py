@@ -14,6 +14,7 @@ import aiohttp
 import bcrypt
 
 from meshprobe.config.settings import load_settings_from_mapping
+from meshprobe.daemon.hooks import Hooks
 from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.demo import pki
 
@@ -96,12 +97,18 @@ def bcrypt_hash(password: str, cost: int = 4) -> str:
 
 @contextlib.asynccontextmanager
 async def running_daemon(
-    web: dict[str, Any] | None = None, *, web_config_path: Path | None = None, **extra: Any
+    web: dict[str, Any] | None = None,
+    *,
+    web_config_path: Path | None = None,
+    hooks: Hooks | None = None,
+    **extra: Any,
 ) -> AsyncIterator[Daemon]:
     config: dict[str, Any] = {"cluster": "cluster1", "listen": "127.0.0.1:0", **extra}
     if web is not None:
         config["web"] = web
-    daemon = Daemon(load_settings_from_mapping(config), web_config_path=web_config_path)
+    daemon = Daemon(
+        load_settings_from_mapping(config), web_config_path=web_config_path, hooks=hooks
+    )
     await daemon.start()
     try:
         yield daemon

@@ -30,7 +30,7 @@ class Runs:
     def __init__(self) -> None:
         self.n = 0
 
-    def __call__(self) -> None:
+    def __call__(self, _granted: bool) -> None:
         self.n += 1
 
 

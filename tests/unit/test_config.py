@@ -9,6 +9,7 @@ from meshprobe.config.settings import (
     ConfigError,
     ConfigIssue,
     Settings,
+    budget_warnings,
     format_issues,
     load_settings,
     load_settings_from_mapping,
@@ -532,3 +533,25 @@ def test_histogram_buckets_are_validated(tmp_path: Path, buckets: str, fragment:
     found = issues_of(path)
     (reason,) = [r for p, r in found.items() if p.startswith("defaults.histogram.buckets")]
     assert fragment in reason, found
+
+
+def test_check_warns_of_budgets_that_are_not_bounds(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+cluster: c1
+defaults:
+  budget: {local: 40ms, remote: 150ms}
+targets:
+  - {name: a, url: "http://a/", budget: 30ms}
+  - {name: b, url: "http://b/", budget: 25ms}
+  - {name: c, url: "http://c/", budget: 30ms, histogram: {enabled: false}}
+  - {name: d, url: "http://d/"}
+""",
+    )
+    warnings = {(i.path, i.reason) for i in budget_warnings(load_settings(path, environ={}))}
+    assert {path for path, _ in warnings} == {
+        "defaults.histogram.buckets",
+        "targets.0.histogram.buckets",
+    }
+    assert any("the local budget 40ms is not a bound" in reason for _, reason in warnings)

@@ -130,6 +130,35 @@ class TLSOptions:
     insecure_skip_verify: bool = False  # record the chain and verdict but never fail on it
 
 
+# Twelve bounds for mesh latencies: millisecond steps through the local budget (50 ms), the
+# remote budget (150 ms), then coarse up to the default timeout (2 s), beyond which no successful
+# probe can land. Each edge's histogram costs len(buckets) + 3 series (+Inf, _count, _sum).
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.15,
+    0.25,
+    0.5,
+    1.0,
+    2.0,
+)
+MAX_BUCKETS = 40
+
+
+@dataclass(frozen=True, slots=True)
+class MetricOptions:
+    """What an edge exports beyond its fixed series, chosen per target: the duration histogram's
+    bucket bounds (empty: only `_sum` and `_count`) and the last probe's phase gauges."""
+
+    buckets: tuple[float, ...] = DURATION_BUCKETS
+    phases: bool = True
+
+
 @dataclass(frozen=True, slots=True)
 class Target:
     """One edge to probe. Equal targets keep their scheduler loop across reloads."""
@@ -154,6 +183,7 @@ class Target:
     headers: tuple[tuple[str, str], ...] = ()
     tls: TLSOptions = field(default_factory=TLSOptions)
     discovery: str = "static"
+    metrics: MetricOptions = field(default_factory=MetricOptions)
 
     @property
     def kind(self) -> ProbeKind:

@@ -24,7 +24,7 @@ import aiohttp
 import structlog
 
 from meshprobe.config.targets import make_target
-from meshprobe.model import Peer, Target, redact_url
+from meshprobe.model import MetricOptions, Peer, Target, redact_url
 from meshprobe.probes import ProbeEnv
 from meshprobe.state.instance import PeerStatus, trust_match
 from meshprobe.tasks import TaskSet
@@ -36,7 +36,14 @@ log = structlog.get_logger(__name__)
 PEER_TARGET_NAME = "meshprobe/echo"
 
 
-def peer_echo_target(peer: Peer, *, interval: float, timeout: float, budget: float) -> Target:
+def peer_echo_target(
+    peer: Peer,
+    *,
+    interval: float,
+    timeout: float,
+    budget: float,
+    metrics: MetricOptions,
+) -> Target:
     """Each peer's /v1/echo is an ordinary remote edge, so the cluster x cluster matrix has
     latency for every pair even where no application service is exported yet."""
     return make_target(
@@ -50,6 +57,7 @@ def peer_echo_target(peer: Peer, *, interval: float, timeout: float, budget: flo
         local_budget=budget,
         remote_budget=budget,
         discovery="peer",
+        metrics=metrics,
     )
 
 

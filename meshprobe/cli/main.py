@@ -85,7 +85,11 @@ def cmd_check(args: argparse.Namespace) -> int:
     """Validate the config and load every file `run` loads at start (the trust bundle, the
     listener's certificate), so a config that passes here does not crash-loop a pod; files read
     only later are warnings."""
-    from meshprobe.config.settings import ConfigError, summarize  # noqa: PLC0415
+    from meshprobe.config.settings import (  # noqa: PLC0415
+        ConfigError,
+        budget_warnings,
+        summarize,
+    )
     from meshprobe.daemon.logsetup import configure_logging  # noqa: PLC0415
     from meshprobe.trust.configfiles import (  # noqa: PLC0415
         file_warnings,
@@ -106,7 +110,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_invalid(exc, "config invalid", path)
         return EXIT_INVALID_CONFIG
-    for issue in skipped_roots(anchors) + file_warnings(settings):
+    for issue in skipped_roots(anchors) + file_warnings(settings) + budget_warnings(settings):
         print(f"warning: {issue}", file=sys.stderr)
     print(summarize(settings))
     print(web)

@@ -6,6 +6,7 @@ section (a target's timeout against the default interval, duplicate targets) are
 
 from __future__ import annotations
 
+import itertools
 import re
 from urllib.parse import urlsplit
 
@@ -33,9 +34,9 @@ from meshprobe.config.types import (
     TrustDomain,
     split_url,
 )
-from meshprobe.model import SCHEME_KIND
+from meshprobe.model import DURATION_BUCKETS, MAX_BUCKETS, SCHEME_KIND, MetricOptions
 
-__all__ = ["Budget", "Defaults", "PeerSpec", "TLSSpec", "TargetSpec", "Trust"]
+__all__ = ["Budget", "Defaults", "HistogramSpec", "PeerSpec", "TLSSpec", "TargetSpec", "Trust"]
 
 _METHOD = re.compile(r"[A-Z]+")
 
@@ -49,11 +50,45 @@ class Budget(_Frozen):
     remote: Duration = 0.150
 
 
+class HistogramSpec(_Frozen):
+    """The duration histogram of an edge: `buckets` (seconds or durations, ascending, at most
+    40; each costs one series per edge) or `enabled: false` for `_sum` and `_count` only."""
+
+    buckets: list[Duration] = list(DURATION_BUCKETS)
+    enabled: bool = True
+
+    @field_validator("buckets")
+    @classmethod
+    def _ascending(cls, value: list[float]) -> list[float]:
+        if not value:
+            raise ValueError("needs at least one bound; to export no buckets set enabled: false")
+        if len(value) > MAX_BUCKETS:
+            raise ValueError(
+                f"{len(value)} bounds: at most {MAX_BUCKETS} (each is one series per edge)"
+            )
+        for low, high in itertools.pairwise(value):
+            if high <= low:
+                raise ValueError(f"bounds must ascend: {high:g} follows {low:g}")
+        return value
+
+    def bounds(self) -> tuple[float, ...]:
+        return tuple(self.buckets) if self.enabled else ()
+
+
 class Defaults(_Frozen):
     interval: Duration = 10.0
     timeout: Duration = 2.0
     budget: Budget = Budget()
     body_limit: ByteSize = 1024 * 1024
+    histogram: HistogramSpec = HistogramSpec()
+    phases: bool = True  # the last probe's phase gauges: 2 to 5 series per edge
+
+    def metrics(self, histogram: HistogramSpec | None, phases: bool | None) -> MetricOptions:
+        """A target's export options: its own where it sets them, else these defaults."""
+        return MetricOptions(
+            buckets=(histogram or self.histogram).bounds(),
+            phases=self.phases if phases is None else phases,
+        )
 
     @model_validator(mode="after")
     def _timeout_fits(self) -> Defaults:
@@ -118,6 +153,8 @@ class TargetSpec(_Frozen):
     method: str = "GET"
     headers: dict[str, str] = {}
     tls: TLSSpec | None = None
+    histogram: HistogramSpec | None = None  # replaces defaults.histogram for this target
+    phases: bool | None = None
 
     @field_validator("url")
     @classmethod

@@ -27,6 +27,7 @@ from pydantic_settings import (
 from pydantic_settings.exceptions import SettingsError
 
 from meshprobe.config.discovery import Discovery, describe_kubernetes
+from meshprobe.config.durations import format_duration
 from meshprobe.config.errors import (
     ConfigError,
     ConfigIssue,
@@ -189,6 +190,7 @@ class Settings(BaseSettings):
                 server_name=tls.server_name,
                 insecure_skip_verify=tls.insecure_skip_verify,
             ),
+            metrics=self.defaults.metrics(spec.histogram, spec.phases),
         )
 
 
@@ -232,6 +234,30 @@ def _validate(file_data: Mapping[str, Any], environ: Mapping[str, str], source: 
         name = f"{ENV_PREFIX}{found.group(1).upper()}" if found else "a MESHPROBE_ variable"
         issue = ConfigIssue("<env>", f"{name} is not valid JSON for a list or mapping value")
         raise ConfigError([issue], source) from None
+
+
+def budget_warnings(settings: Settings) -> list[ConfigIssue]:
+    """Budgets that are not histogram bounds: a quantile compared with such a budget is an
+    interpolation inside a bucket, so a dashboard's "p99 within budget" may be wrong either way
+    (the burn alerts are not affected: they count over-budget probes, not buckets)."""
+    out: list[ConfigIssue] = []
+    defaults = settings.defaults
+    for scope, budget in (("local", defaults.budget.local), ("remote", defaults.budget.remote)):
+        bounds = defaults.histogram.bounds()
+        if bounds and budget not in bounds:
+            reason = f"the {scope} budget {format_duration(budget)} is not a bound: {_add_it}"
+            out.append(ConfigIssue("defaults.histogram.buckets", reason))
+    for index, (spec, target) in enumerate(
+        zip(settings.targets, settings.build_targets(), strict=True)
+    ):
+        bounds = target.metrics.buckets
+        if bounds and target.budget not in bounds and (spec.budget or spec.histogram):
+            reason = f"the budget {format_duration(target.budget)} is not a bound: {_add_it}"
+            out.append(ConfigIssue(f"targets.{index}.histogram.buckets", reason))
+    return out
+
+
+_add_it = "quantiles compared with it are interpolated; add it to the buckets"
 
 
 def summarize(settings: Settings) -> str:

@@ -322,6 +322,7 @@ class Daemon:
                 interval=defaults.interval,
                 timeout=defaults.timeout,
                 budget=defaults.budget.remote,
+                metrics=defaults.metrics(None, None),
             )
             for peer in peers
         ]

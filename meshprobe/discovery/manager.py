@@ -46,6 +46,7 @@ def target_defaults(settings: Settings) -> TargetDefaults:
         budget_local=d.budget.local,
         budget_remote=d.budget.remote,
         body_limit=d.body_limit,
+        metrics=d.metrics(None, None),
     )
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from meshprobe.config.durations import parse_duration
 from meshprobe.config.targets import TimeoutOverInterval, make_target
-from meshprobe.model import SCHEME_KIND, Peer, Target, TLSOptions
+from meshprobe.model import SCHEME_KIND, MetricOptions, Peer, Target, TLSOptions
 
 PREFIX = "meshprobe.io/"
 PROBE = PREFIX + "probe"
@@ -60,6 +60,7 @@ class TargetDefaults:
     budget_remote: float
     body_limit: int
     address: str = "dns"  # or "cluster-ip"
+    metrics: MetricOptions = field(default_factory=MetricOptions)
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +246,7 @@ def build_target(
             local_budget=defaults.budget_local,
             remote_budget=defaults.budget_remote,
             body_limit=defaults.body_limit,
+            metrics=defaults.metrics,
             tls=TLSOptions(identity=identity),
             discovery=SOURCE_LINKERD if cluster is not None else SOURCE_SERVICES,
         )

@@ -1,6 +1,6 @@
 """Fast text exposition of the per-edge families, in slices.
 
-With 10,000 targets the edge families are over half a million samples. Building
+With 10,000 targets the edge families are hundreds of thousands of samples. Building
 prometheus_client Metric objects for them takes seconds and blocks the event loop for all of it,
 which would inflate every probe timing taken meanwhile. Here each edge's label set is escaped once
 and the text (format 0.0.4) is written straight from ProbeState, a few hundred edges per slice, so
@@ -9,6 +9,7 @@ the server can yield to the loop between slices. Instance metrics stay with prom
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -17,7 +18,6 @@ from meshprobe.metrics import names as m
 from meshprobe.model import KIND_PHASES, TLSReport
 from meshprobe.probes.tcpinfo import SUPPORTED as TCP_INFO_SUPPORTED
 from meshprobe.state.edges import EdgeStats, ProbeState
-from meshprobe.state.histogram import DURATION_BUCKETS
 
 SLICE = 500  # edges rendered between two yields to the event loop
 
@@ -28,6 +28,12 @@ def escape(value: str) -> str:
     if not value.isascii():
         value = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def seconds(value: float) -> str:
+    """A measured duration to the microsecond: the digits below are noise, and at 10,000 edges
+    each printed digit of the phase gauges and sums costs about 60 KB per scrape."""
+    return fmt(round(value, 6))
 
 
 def fmt(value: float) -> str:
@@ -61,42 +67,50 @@ def _labels(source: str, stats: EdgeStats) -> str:
 def _success(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
         ok = s.last is not None and s.last.success
-        add(f"{name}{{{_labels(src, s)}}} {'1.0' if ok else '0.0'}\n")
+        add(f"{name}{{{_labels(src, s)}}} {'1' if ok else '0'}\n")
 
 
-_BUCKET_LE = (*(f',le="{b!r}"' for b in DURATION_BUCKETS), ',le="+Inf"')
+@functools.cache
+def _bucket_le(bounds: tuple[float, ...]) -> tuple[str, ...]:
+    """The `le` label text of each bucket, made once per layout (a few layouts per daemon)."""
+    if not bounds:
+        return ()
+    return (*(f',le="{fmt(b)}"' for b in bounds), ',le="+Inf"')
 
 
 def _duration(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
+    """An edge with no bounds (its histogram switched off) exports `_count` and `_sum` only:
+    still a valid histogram, and what the success ratio and the mean need."""
     for s in edges:
         lbl = _labels(src, s)
+        hist = s.histogram
         running = 0
-        for le, n in zip(_BUCKET_LE, s.histogram.counts, strict=True):
+        for le, n in zip(_bucket_le(hist.bounds), hist.counts, strict=False):
             running += n
-            add(f"{name}_bucket{{{lbl}{le}}} {running}.0\n")
-        add(f"{name}_count{{{lbl}}} {running}.0\n{name}_sum{{{lbl}}} {fmt(s.histogram.sum)}\n")
+            add(f"{name}_bucket{{{lbl}{le}}} {running}\n")
+        add(f"{name}_count{{{lbl}}} {hist.count}\n{name}_sum{{{lbl}}} {seconds(hist.sum)}\n")
 
 
 def _phases(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
-        if s.last is None:
+        if s.last is None or not s.target.metrics.phases:
             continue
         lbl = _labels(src, s)
         phases = s.last.phases
         for phase in KIND_PHASES[s.target.scheme]:
-            add(f'{name}{{{lbl},phase="{phase.value}"}} {fmt(phases.get(phase, 0.0))}\n')
+            add(f'{name}{{{lbl},phase="{phase.value}"}} {seconds(phases.get(phase, 0.0))}\n')
 
 
 def _probes(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
-        add(f"{name}_total{{{_labels(src, s)}}} {s.probes_total}.0\n")
+        add(f"{name}_total{{{_labels(src, s)}}} {s.probes_total}\n")
 
 
 def _failures(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
         lbl = _labels(src, s)
         for reason, n in s.failures.items():
-            add(f'{name}_total{{{lbl},reason="{reason.value}"}} {n}.0\n')
+            add(f'{name}_total{{{lbl},reason="{reason.value}"}} {n}\n')
 
 
 def _budget(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
@@ -106,14 +120,14 @@ def _budget(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
 
 def _over_budget(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
-        add(f"{name}_total{{{_labels(src, s)}}} {s.over_budget_total}.0\n")
+        add(f"{name}_total{{{_labels(src, s)}}} {s.over_budget_total}\n")
 
 
 def _served(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
         lbl = _labels(src, s)
         for cluster, n in s.served.items():
-            add(f'{name}_total{{{lbl},served_by_cluster="{escape(cluster)}"}} {n}.0\n')
+            add(f'{name}_total{{{lbl},served_by_cluster="{escape(cluster)}"}} {n}\n')
 
 
 def _tcp_rtt(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
@@ -124,7 +138,7 @@ def _tcp_rtt(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None
 
 def _tcp_retransmits(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s in edges:
-        add(f"{name}_total{{{_labels(src, s)}}} {s.tcp_retransmits_total}.0\n")
+        add(f"{name}_total{{{_labels(src, s)}}} {s.tcp_retransmits_total}\n")
 
 
 def _with_tls(edges: Sequence[EdgeStats]) -> Iterator[tuple[EdgeStats, TLSReport]]:
@@ -136,7 +150,7 @@ def _with_tls(edges: Sequence[EdgeStats]) -> Iterator[tuple[EdgeStats, TLSReport
 
 def _tls_verified(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
     for s, tls in _with_tls(edges):
-        add(f"{name}{{{_labels(src, s)}}} {'1.0' if tls.verified else '0.0'}\n")
+        add(f"{name}{{{_labels(src, s)}}} {'1' if tls.verified else '0'}\n")
 
 
 def _tls_expiry(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
@@ -151,7 +165,7 @@ def _tls_peer(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> Non
         root = tls.root.fingerprint_sha256 if tls.root is not None else ""
         identity = escape(tls.identity or "")
         lbl = _labels(src, s)
-        add(f'{name}{{{lbl},identity="{identity}",root_fingerprint_sha256="{root}"}} 1.0\n')
+        add(f'{name}{{{lbl},identity="{identity}",root_fingerprint_sha256="{root}"}} 1\n')
 
 
 def _tls_version(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
@@ -159,7 +173,7 @@ def _tls_version(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> 
         if tls.version is not None:
             version, cipher = escape(tls.version), escape(tls.cipher or "")
             lbl = _labels(src, s)
-            add(f'{name}{{{lbl},version="{version}",cipher="{cipher}"}} 1.0\n')
+            add(f'{name}{{{lbl},version="{version}",cipher="{cipher}"}} 1\n')
 
 
 Render = Callable[[str, str, Sequence[EdgeStats], Emit], None]

@@ -10,14 +10,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from meshprobe.model import KIND_REASONS, ProbeResult, Reason, Target, TLSReport
-from meshprobe.state.histogram import DURATION_BUCKETS, Histogram
+from meshprobe.model import ProbeResult, Reason, Target, TLSReport
+from meshprobe.state.histogram import Histogram
 
 
 @dataclass(slots=True)
 class EdgeStats:
     target: Target
-    histogram: Histogram = field(default_factory=lambda: Histogram(DURATION_BUCKETS))
+    histogram: Histogram = field(init=False)
     probes_total: int = 0
     over_budget_total: int = 0
     tcp_retransmits_total: int = 0
@@ -30,8 +30,18 @@ class EdgeStats:
     label_cache: tuple[Target, str] | None = None
 
     def __post_init__(self) -> None:
-        for reason in KIND_REASONS[self.target.kind]:
-            self.failures.setdefault(reason, 0)
+        # Failure counters appear with the first failure of their reason, not before: pre-made
+        # zeros for every reason a kind can produce were 5 to 13 series per edge. Rules and
+        # dashboards count failures as probes minus successes (the histogram's _count), which
+        # exist from the start, so no increase is lost; the reason breakdown is a diagnostic.
+        self.histogram = Histogram(self.target.metrics.buckets)
+
+    def retarget(self, target: Target) -> None:
+        """The same edge with new settings; a new bucket layout starts the histogram over (the
+        old bounds' series vanish and Prometheus sees a counter reset, as after a restart)."""
+        if target.metrics.buckets != self.target.metrics.buckets:
+            self.histogram = Histogram(target.metrics.buckets)
+        self.target = target
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +80,7 @@ class ProbeState:
             if stats is None:
                 self._edges[key] = EdgeStats(target)
             else:
-                stats.target = target
+                stats.retarget(target)
 
     def record(self, target: Target, result: ProbeResult) -> Transition | None:
         """Fold one result in; returns the failure-state change it caused, if any."""

@@ -6,38 +6,6 @@ from bisect import bisect_left
 from collections.abc import Sequence
 from typing import Final
 
-# 0.5 ms to 10 s, dense between 1 ms and 300 ms where mesh latency budgets live.
-DURATION_BUCKETS: Final = (
-    0.0005,
-    0.001,
-    0.002,
-    0.003,
-    0.005,
-    0.0075,
-    0.01,
-    0.015,
-    0.02,
-    0.025,
-    0.03,
-    0.04,
-    0.05,
-    0.06,
-    0.075,
-    0.1,
-    0.125,
-    0.15,
-    0.2,
-    0.25,
-    0.3,
-    0.4,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-)
-
 # Lag past a few milliseconds means probe timings are inflated by our own process.
 LOOP_LAG_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 

@@ -9,13 +9,14 @@ from meshprobe.config.settings import (
     ConfigError,
     ConfigIssue,
     Settings,
+    budget_warnings,
     format_issues,
     load_settings,
     load_settings_from_mapping,
     parse_byte_size,
     summarize,
 )
-from meshprobe.model import Scope, TLSOptions
+from meshprobe.model import DURATION_BUCKETS, MetricOptions, Scope, TLSOptions
 
 EXAMPLE = """
 cluster: cluster1
@@ -485,3 +486,72 @@ def test_trust_domain_aliases_are_validated(
     issues = issues_of(write(tmp_path, text))
     assert list(issues) == [path], issues
     assert reason in issues[path]
+
+
+def test_histogram_and_phases_from_defaults_and_per_target(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+cluster: c1
+defaults:
+  histogram: {buckets: [5ms, 0.05, 150ms, 1s]}
+  phases: false
+targets:
+  - {name: a, url: "http://a/"}
+  - {name: b, url: "http://b/", histogram: {enabled: false}, phases: true}
+  - {name: c, url: "tcp://c:1", histogram: {buckets: [0.1]}}
+""",
+    )
+    a, b, c = load_settings(path, environ={}).build_targets()
+    assert a.metrics == MetricOptions(buckets=(0.005, 0.05, 0.15, 1.0), phases=False)
+    assert b.metrics == MetricOptions(buckets=(), phases=True)
+    assert c.metrics == MetricOptions(buckets=(0.1,), phases=False)  # its own histogram only
+
+
+def test_default_metric_options_are_the_documented_ones(tmp_path: Path) -> None:
+    (target,) = load_settings(
+        write(tmp_path, 'cluster: c1\ntargets: [{name: a, url: "http://a/"}]\n'), environ={}
+    ).build_targets()
+    assert target.metrics == MetricOptions(buckets=DURATION_BUCKETS, phases=True)
+    assert len(DURATION_BUCKETS) == 12 and DURATION_BUCKETS[-1] == 2.0  # the default timeout
+
+
+@pytest.mark.parametrize(
+    ("buckets", "fragment"),
+    [
+        ("[0.1, 0.05]", "bounds must ascend: 0.05 follows 0.1"),
+        ("[0.1, 0.1]", "bounds must ascend"),
+        ("[0, 0.1]", "greater than zero"),
+        ("[-1s]", "duration"),
+        ("[]", "at least one bound"),
+        (str([0.001 * (i + 1) for i in range(41)]), "at most 40"),
+        ("[soon]", "duration"),
+    ],
+)
+def test_histogram_buckets_are_validated(tmp_path: Path, buckets: str, fragment: str) -> None:
+    path = write(tmp_path, f"cluster: c1\ndefaults:\n  histogram:\n    buckets: {buckets}\n")
+    found = issues_of(path)
+    (reason,) = [r for p, r in found.items() if p.startswith("defaults.histogram.buckets")]
+    assert fragment in reason, found
+
+
+def test_check_warns_of_budgets_that_are_not_bounds(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+cluster: c1
+defaults:
+  budget: {local: 40ms, remote: 150ms}
+targets:
+  - {name: a, url: "http://a/", budget: 30ms}
+  - {name: b, url: "http://b/", budget: 25ms}
+  - {name: c, url: "http://c/", budget: 30ms, histogram: {enabled: false}}
+  - {name: d, url: "http://d/"}
+""",
+    )
+    warnings = {(i.path, i.reason) for i in budget_warnings(load_settings(path, environ={}))}
+    assert {path for path, _ in warnings} == {
+        "defaults.histogram.buckets",
+        "targets.0.histogram.buckets",
+    }
+    assert any("the local budget 40ms is not a bound" in reason for _, reason in warnings)

@@ -83,13 +83,15 @@ def test_samples_match_the_state_and_labels_are_escaped() -> None:
     assert samples[("meshprobe_probe_success", ())] == 0.0
     assert samples[("meshprobe_probes_total", ())] == 3.0
     assert samples[("meshprobe_probe_failures_total", (("reason", "timeout"),))] == 1.0
-    assert samples[("meshprobe_probe_failures_total", (("reason", "dns"),))] == 0.0
+    # A reason's counter is born with its first failure: no zero for every reason the kind has.
+    assert ("meshprobe_probe_failures_total", (("reason", "dns"),)) not in samples
     # The SLO's bad events are failures plus answers over budget, and these two are disjoint:
     # the timeout is a failure, not also an over-budget probe, nor a latency sample.
     assert samples[("meshprobe_probe_over_budget_total", ())] == 1.0
     assert samples[("meshprobe_probe_duration_seconds_count", ())] == 2.0
     assert samples[("meshprobe_probe_duration_seconds_sum", ())] == pytest.approx(0.212)
-    assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "0.015"),))] == 1.0
+    assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "0.01"),))] == 0.0
+    assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "0.025"),))] == 1.0
     assert samples[("meshprobe_probe_duration_seconds_bucket", (("le", "+Inf"),))] == 2.0
     # Kernel diagnostics: the last RTT read, retransmits summed over probes.
     assert samples[("meshprobe_tcp_rtt_seconds", ())] == 0.0009

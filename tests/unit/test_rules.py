@@ -16,6 +16,7 @@ import yaml
 from meshprobe.metrics import names as m
 from meshprobe.metrics.edges import FAMILIES
 from meshprobe.metrics.instance import MeshprobeCollector
+from meshprobe.model import DURATION_BUCKETS
 from meshprobe.state.edges import ProbeState
 from meshprobe.state.instance import InstanceStatus
 
@@ -169,7 +170,13 @@ MUTATIONS = [
     ("lag threshold", "> 0.025", "> 0.04", "self_health"),
     ("absent job", 'job=~".*meshprobe.*"', 'job="meshprobe"', "self_health"),
     ("p99 quantile", "histogram_quantile(0.99,", "histogram_quantile(0.95,", "recording"),
-    ("success window", "failures_total[30m]", "failures_total[1h]", "recording"),
+    ("success window", "count[30m]", "count[1h]", "recording"),
+    (
+        "slo good events",
+        "-\n                  sum by",
+        "+\n                  sum by",
+        "latency_burn",
+    ),
 ]
 
 
@@ -378,3 +385,65 @@ def test_every_metric_in_the_rules_is_one_meshprobe_exports() -> None:
     assert not unknown, f"not exported by meshprobe (see meshprobe/metrics/names.py): {unknown}"
     assert m.DISCOVERY_UP in used
     assert m.DISCOVERY_ERRORS + "_total" in used
+
+
+# --- bucket layouts -----------------------------------------------------------------------------
+
+PER_MINUTE = 200  # probes per minute of the edge below; all succeed, some slowly
+FAST, SLOW, BUDGET = 0.030, 0.400, 0.150
+
+
+@pytest.mark.parametrize(
+    "layout",
+    [DURATION_BUCKETS, (0.01, 0.15, 0.5, 2.0)],
+    ids=["default-layout", "coarse-layout"],
+)
+@pytest.mark.parametrize(("slow_per_minute", "p99_over_budget"), [(1, 0), (4, 1)])
+def test_rules_give_the_same_verdicts_with_any_layout_that_holds_the_budget(
+    layout: tuple[float, ...], slow_per_minute: int, p99_over_budget: int, tmp_path: Path
+) -> None:
+    """The burn rules read the over-budget counter and the histogram's _count, never a bucket;
+    the quantile rules read whatever buckets there are. With the budget among the bounds, p99
+    lands on the right side of it with the default layout and with a four-bucket one."""
+    assert BUDGET in layout
+    edge = 'source_cluster="c1",target_cluster="c2",target="t",scope="remote",probe="http"'
+    name = m.PROBE_DURATION
+    series = {
+        f"{m.PROBES}_total{{{edge}}}": f"0+{PER_MINUTE}x15",
+        f"{name}_count{{{edge}}}": f"0+{PER_MINUTE}x15",
+        f"{m.PROBE_OVER_BUDGET}_total{{{edge}}}": f"0+{slow_per_minute}x15",
+    }
+    for bound in (*layout, float("inf")):
+        below = (PER_MINUTE - slow_per_minute) * (bound >= FAST) + slow_per_minute * (bound >= SLOW)
+        le = "+Inf" if bound == float("inf") else repr(bound)
+        series[f'{name}_bucket{{{edge},le="{le}"}}'] = f"0+{below}x15"
+    labels = "{" + edge.replace(",", ", ") + "}"
+    spec = {
+        "rule_files": [str(RULES)],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [{"series": s, "values": v} for s, v in series.items()],
+                "promql_expr_test": [
+                    {
+                        "expr": f"edge:{name}:p99_rate5m > bool {BUDGET}",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": labels, "value": p99_over_budget}],
+                    },
+                    {
+                        # promtool compares floats exactly; the ratio is 1/200 or 4/200 up to
+                        # rounding, so the test asks for it within 1e-9.
+                        "expr": "abs(edge:meshprobe_probe_slo_errors:ratio_rate5m"
+                        f" - {slow_per_minute / PER_MINUTE}) < bool 1e-9",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": labels, "value": 1}],
+                    },
+                ],
+            }
+        ],
+    }
+    test = tmp_path / "layout.test.yaml"
+    test.write_text(yaml.safe_dump(spec, sort_keys=False))
+    result = run_promtool("test", "rules", str(test))
+    assert result.returncode == 0, result.stdout + result.stderr

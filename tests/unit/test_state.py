@@ -1,7 +1,7 @@
 from dataclasses import replace
 
 from meshprobe.config.targets import make_target
-from meshprobe.model import KIND_REASONS, ProbeKind, ProbeResult, Reason, Target
+from meshprobe.model import DURATION_BUCKETS, MetricOptions, ProbeResult, Reason, Target
 from meshprobe.state.edges import ProbeState
 
 
@@ -24,13 +24,30 @@ def target(name: str = "ns/svc", scheme: str = "http", **kw: object) -> Target:
     return replace(made, **timing)  # type: ignore[arg-type]
 
 
-def test_new_edge_starts_with_zero_counters_for_its_kind() -> None:
+def test_new_edge_starts_at_zero_with_no_failure_reasons_and_its_own_buckets() -> None:
     state = ProbeState()
-    state.set_targets([target(scheme="tcp")])
-    (edge,) = state.edges()
+    narrow = MetricOptions(buckets=(0.1, 1.0), phases=False)
+    state.set_targets([target(scheme="tcp"), target(name="n", scheme="tcp", metrics=narrow)])
+    edge, other = state.edges()
     assert edge.probes_total == 0
-    assert set(edge.failures) == set(KIND_REASONS[ProbeKind.TCP])
-    assert all(v == 0 for v in edge.failures.values())
+    assert edge.failures == {}  # a reason's counter is born with its first failure
+    assert edge.histogram.bounds == DURATION_BUCKETS
+    assert other.histogram.bounds == (0.1, 1.0)
+
+
+def test_a_new_bucket_layout_starts_the_histogram_over_and_keeps_the_counters() -> None:
+    state = ProbeState()
+    t = target()
+    state.set_targets([t])
+    state.record(t, ProbeResult(success=True, duration=0.05))
+    state.record(t, ProbeResult(success=False, duration=0.5, reason=Reason.TIMEOUT))
+    state.set_targets([replace(t, budget=0.3)])  # same layout: the histogram carries on
+    (edge,) = state.edges()
+    assert edge.histogram.count == 1
+    state.set_targets([replace(t, metrics=MetricOptions(buckets=(0.5,)))])
+    (edge,) = state.edges()
+    assert edge.histogram.bounds == (0.5,) and edge.histogram.count == 0
+    assert edge.probes_total == 2 and edge.failures == {Reason.TIMEOUT: 1}
 
 
 def test_record_counts_failures_budget_and_who_answered() -> None:

@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -98,12 +99,16 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self.peers: PeerWatcher | None = None
         self.discovery: Discovery | None = None
+        self._loop_handler: LoopErrorHandler | None = None
         self._conflicts: list[str] = []
 
     # -- lifecycle -----------------------------------------------------------------------------
 
     async def start(self) -> None:
         settings = self.settings
+        loop = asyncio.get_running_loop()
+        self._loop_handler = loop.get_exception_handler()
+        loop.set_exception_handler(_loop_error)
         # First: a listener certificate that does not load stops the start before anything
         # is opened that would need closing.
         self.web = web = ListenerSecurity(
@@ -190,6 +195,7 @@ class Daemon:
             self.web.close()
         if self._env is not None:
             await self._env.aclose()
+        asyncio.get_running_loop().set_exception_handler(self._loop_handler)
         log.info("meshprobe stopped", cluster=self.settings.cluster)
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -375,3 +381,19 @@ def _log_transition(t: Transition) -> None:
             detail=t.detail,
             **fields,
         )
+
+
+LoopErrorHandler = Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+
+
+def _loop_error(_loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """What the event loop reports itself (a callback that raised, uvloop's SSL transport closed
+    under a cancelled handshake) as one structured line, like every other log line, instead of
+    asyncio's multi-line text on stderr that breaks a JSON log stream."""
+    exc = context.get("exception")
+    log.error(
+        "event loop error",
+        message=str(context.get("message", "")),
+        error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+        exc_info=exc if isinstance(exc, BaseException) else None,
+    )

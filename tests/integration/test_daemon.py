@@ -21,6 +21,7 @@ from meshprobe.config.settings import load_settings
 from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.demo import pki
 from tests.integration.daemonkit import Rounds, responder, samples, scrape, write_config
+from tests.integration.weblistenerkit import running_daemon
 
 pytestmark = pytest.mark.asyncio
 
@@ -234,3 +235,23 @@ async def test_one_log_line_per_failure_state_change(tmp_path: Path) -> None:
     failing = [e for e in logs if e["event"] == "probe failing"]
     assert [(e["target"], e["reason"]) for e in failing] == [("app/dead", "connect_refused")]
     assert failing[0]["log_level"] == "warning"
+
+
+async def test_event_loop_errors_are_structured_log_lines_while_the_daemon_runs() -> None:
+    loop = asyncio.get_running_loop()
+    done = asyncio.Event()
+
+    def broken() -> None:
+        done.set()
+        raise RuntimeError("unable to perform operation: the handler is closed")
+
+    with capture_logs() as logs:
+        async with running_daemon() as daemon:
+            assert daemon.port is not None
+            loop.call_soon(broken)
+            await done.wait()  # the loop reported the error as the callback raised it
+        assert loop.get_exception_handler() is None  # restored at stop
+    (entry,) = [e for e in logs if e["event"] == "event loop error"]
+    assert entry["log_level"] == "error"
+    assert entry["error"] == "RuntimeError: unable to perform operation: the handler is closed"
+    assert "broken" in entry["message"]

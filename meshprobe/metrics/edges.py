@@ -19,7 +19,7 @@ from meshprobe.model import KIND_PHASES, TLSReport
 from meshprobe.probes.tcpinfo import SUPPORTED as TCP_INFO_SUPPORTED
 from meshprobe.state.edges import EdgeStats, ProbeState
 
-SLICE = 500  # edges rendered between two yields to the event loop
+SLICE = 250  # edges rendered between two yields to the event loop (about 5 ms here)
 
 
 def escape(value: str) -> str:
@@ -157,23 +157,20 @@ def _tls_expiry(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> N
     for s, tls in _with_tls(edges):
         lbl = _labels(src, s)
         for role, ts in sorted(tls.earliest_expiry().items()):
-            add(f'{name}{{{lbl},role="{role.value}"}} {fmt(ts)}\n')
+            add(f'{name}{{{lbl},role="{role.value}"}} {int(ts)}\n')  # X.509: whole seconds
 
 
 def _tls_peer(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
+    """Who answered, under which root, over which TLS version and cipher: one info series (the
+    version and cipher had a family of their own, 1 series and about 190 bytes per edge)."""
     for s, tls in _with_tls(edges):
         root = tls.root.fingerprint_sha256 if tls.root is not None else ""
         identity = escape(tls.identity or "")
-        lbl = _labels(src, s)
-        add(f'{name}{{{lbl},identity="{identity}",root_fingerprint_sha256="{root}"}} 1\n')
-
-
-def _tls_version(name: str, src: str, edges: Sequence[EdgeStats], add: Emit) -> None:
-    for s, tls in _with_tls(edges):
-        if tls.version is not None:
-            version, cipher = escape(tls.version), escape(tls.cipher or "")
-            lbl = _labels(src, s)
-            add(f'{name}{{{lbl},version="{version}",cipher="{cipher}"}} 1\n')
+        version, cipher = escape(tls.version or ""), escape(tls.cipher or "")
+        add(
+            f'{name}{{{_labels(src, s)},identity="{identity}",root_fingerprint_sha256="{root}",'
+            f'version="{version}",cipher="{cipher}"}} 1\n'
+        )
 
 
 Render = Callable[[str, str, Sequence[EdgeStats], Emit], None]
@@ -231,14 +228,8 @@ FAMILIES: Sequence[Family] = (
     Family(
         m.TLS_PEER_INFO,
         "gauge",
-        "Identity and anchoring root of the last presented chain.",
+        "Identity, anchoring root, TLS version and cipher of the last handshake.",
         _tls_peer,
-    ),
-    Family(
-        m.TLS_VERSION_INFO,
-        "gauge",
-        "TLS version and cipher negotiated by the last handshake.",
-        _tls_version,
     ),
 )
 

@@ -19,8 +19,8 @@ LATENCY_BUDGET: Final = "meshprobe_latency_budget_seconds"
 PROBE_OVER_BUDGET: Final = "meshprobe_probe_over_budget"  # counter
 TLS_VERIFIED: Final = "meshprobe_tls_verified"
 TLS_CERT_EXPIRY: Final = "meshprobe_tls_cert_expiry_timestamp_seconds"  # label role
-TLS_PEER_INFO: Final = "meshprobe_tls_peer_info"  # labels identity, root_fingerprint_sha256
-TLS_VERSION_INFO: Final = "meshprobe_tls_version_info"  # labels version, cipher
+# labels identity, root_fingerprint_sha256, version, cipher
+TLS_PEER_INFO: Final = "meshprobe_tls_peer_info"
 SERVED: Final = "meshprobe_served"  # counter, label served_by_cluster
 TCP_RTT: Final = "meshprobe_tcp_rtt_seconds"  # gauge, Linux only
 TCP_RETRANSMITS: Final = "meshprobe_tcp_retransmits"  # counter, Linux only

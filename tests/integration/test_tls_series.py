@@ -13,7 +13,7 @@ from meshprobe.state.edges import ProbeState
 from tests.integration import faults
 from tests.integration.faults import SPIFFE_ID, FaultServer, TestPki, make_target
 
-TLS_FAMILIES = {m.TLS_VERIFIED, m.TLS_CERT_EXPIRY, m.TLS_PEER_INFO, m.TLS_VERSION_INFO}
+TLS_FAMILIES = {m.TLS_VERIFIED, m.TLS_CERT_EXPIRY, m.TLS_PEER_INFO}
 
 
 def tls_samples(state: ProbeState) -> dict[str, list[dict[str, str]]]:
@@ -36,7 +36,7 @@ async def test_tls_series_follow_the_latest_attempt(env: ProbeEnv, test_pki: Tes
     state.record(target, first)
     seen = tls_samples(state)
     assert set(seen) == TLS_FAMILIES
-    (version,) = seen[m.TLS_VERSION_INFO]
+    (version,) = seen[m.TLS_PEER_INFO]
     assert version["version"].startswith("TLSv1.")
     assert version["cipher"]  # e.g. TLS_AES_256_GCM_SHA384
     # The server is gone: the next attempt is refused before any handshake.

@@ -101,10 +101,13 @@ def test_samples_match_the_state_and_labels_are_escaped() -> None:
     assert after_handshake[("meshprobe_tls_verified", ())] == 1.0
     expiry = ("meshprobe_tls_cert_expiry_timestamp_seconds", (("role", "root"),))
     assert after_handshake[expiry] == 3e9
-    info = (("identity", "spiffe://td/ns/a/sa/b"), ("root_fingerprint_sha256", "cd" * 32))
+    info = (
+        ("cipher", "TLS_AES_128_GCM_SHA256"),
+        ("identity", "spiffe://td/ns/a/sa/b"),
+        ("root_fingerprint_sha256", "cd" * 32),
+        ("version", "TLSv1.3"),
+    )
     assert after_handshake[("meshprobe_tls_peer_info", info)] == 1.0
-    version = (("cipher", "TLS_AES_128_GCM_SHA256"), ("version", "TLSv1.3"))
-    assert after_handshake[("meshprobe_tls_version_info", version)] == 1.0
     # The last attempt presented no chain: no TLS series vouches for the old one.
     assert not [k for k in samples if k[0].startswith("meshprobe_tls_")]
     # The last result failed before any phase: every phase of the kind is there, at 0.

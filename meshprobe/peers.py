@@ -15,7 +15,8 @@ valid; when none of the roots it lists is ours, whether we share a root is unkno
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -29,7 +30,7 @@ from meshprobe.probes import ProbeEnv
 from meshprobe.state.instance import PeerStatus, trust_match
 from meshprobe.tasks import TaskSet
 from meshprobe.trust.identity import IDENTITY_MAX_BYTES, IdentityError, parse_identity
-from meshprobe.trust.record import HandshakeRecorder, recording_context
+from meshprobe.trust.record import HandshakeRecorder, recording_into
 
 log = structlog.get_logger(__name__)
 
@@ -70,6 +71,16 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(body)
 
 
+@contextlib.asynccontextmanager
+async def _bound(recorder: HandshakeRecorder | None) -> AsyncIterator[None]:
+    """The peer's handshake reports to `recorder` (https); nothing to bind for plain http."""
+    if recorder is None:
+        yield
+        return
+    with recording_into(recorder):
+        yield
+
+
 async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
     url = peer.url.rstrip("/") + "/v1/identity"
     parts = urlsplit(url)
@@ -82,10 +93,11 @@ async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
             trust_domain=env.trust_domain,
             trust_domain_aliases=env.trust_domain_aliases,
         )
-        ssl_arg = recording_context(recorder, alpn=["http/1.1"])
+        ssl_arg = env.context(("http/1.1",))
     try:
         async with (
             asyncio.timeout(limit),
+            _bound(recorder),
             env.fresh_session.get(url, ssl=ssl_arg, allow_redirects=False) as resp,
         ):
             if resp.status != 200:

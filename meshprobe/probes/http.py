@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -19,13 +20,8 @@ from yarl import URL
 from meshprobe.model import CLUSTER_HEADER, Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, sockets_of
 from meshprobe.probes.tcp import connect_reason
-from meshprobe.probes.tls import (
-    handshake_failure,
-    new_context,
-    refresh_recorder,
-    target_context,
-)
-from meshprobe.trust.record import HandshakeRecorder, RecordingContext
+from meshprobe.probes.tls import TLSBinding, handshake_failure, target_tls
+from meshprobe.trust.record import HandshakeRecorder, recording_into
 
 __all__ = ["probe_http"]
 
@@ -234,37 +230,33 @@ async def _read_body(
     return None
 
 
-def _session_and_context(
+def _session_and_tls(
     target: Target, env: ProbeEnv
-) -> tuple[aiohttp.ClientSession, RecordingContext | None]:
-    https = target.scheme == "https"
+) -> tuple[aiohttp.ClientSession, TLSBinding | None]:
+    tls = target_tls(target, env, alpn=_ALPN) if target.scheme == "https" else None
     if target.keepalive:
-        entry = env.keepalive(
-            target, lambda: new_context(target, env, alpn=_ALPN) if https else None
-        )
-        if entry.context is not None:
-            refresh_recorder(entry.context.recorder, target, env)
-        return entry.session, entry.context
-    context = target_context(target, env, alpn=_ALPN) if https else None
-    return env.fresh_session, context
+        entry = env.keepalive(target, tls.context if tls is not None else None)
+        return entry.session, tls
+    return env.fresh_session, tls
 
 
 async def probe_http(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
     try:
-        session, context = _session_and_context(target, env)
+        session, tls = _session_and_tls(target, env)
     except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted
         return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
-    timeline = _Timeline(attempt, recorder=context.recorder if context is not None else None)
+    recorder = tls.recorder if tls is not None else None
+    timeline = _Timeline(attempt, recorder=recorder)
     attempt.settlers.append(timeline.settle)
     try:
-        with sockets_of(attempt):
+        with sockets_of(attempt), recording_into(recorder) if recorder else nullcontext():
             async with session.request(
                 target.method,
                 target.url,
                 headers=target.headers,
                 allow_redirects=target.follow_redirects,
-                ssl=context if context is not None else True,
-                server_hostname=target.tls.server_name if context is not None else None,
+                ssl=tls.context if tls is not None else True,
+                server_hostname=target.tls.server_name if tls is not None else None,
                 trace_request_ctx=timeline,
                 middlewares=_own_origin_headers(target),
             ) as resp:

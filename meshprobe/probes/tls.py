@@ -11,20 +11,21 @@ import asyncio
 import ipaddress
 import ssl
 import time
+from dataclasses import dataclass
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv
 from meshprobe.probes.tcp import ConnectFailed, connect, resolve
-from meshprobe.trust.record import HandshakeRecorder, RecordingContext, recording_context
+from meshprobe.trust.record import HandshakeRecorder, RecordingContext, recording_into
 
 __all__ = [
+    "TLSBinding",
     "expected_name",
     "handshake_failure",
-    "new_context",
     "probe_tls",
     "refresh_recorder",
     "sni",
-    "target_context",
+    "target_tls",
 ]
 
 # How long a clean close (close_notify both ways) may take before the connection is dropped.
@@ -64,19 +65,20 @@ def refresh_recorder(recorder: HandshakeRecorder, target: Target, env: ProbeEnv)
     recorder.new_attempt()
 
 
-def new_context(target: Target, env: ProbeEnv, *, alpn: tuple[str, ...] = ()) -> RecordingContext:
-    recorder = HandshakeRecorder(anchors=env.anchors, server_name=None)
+@dataclass(frozen=True, slots=True)
+class TLSBinding:
+    """What a TLS connection of a target is made with: the context shared by every target of
+    its ALPN list, and the target's own recorder (bound with `recording_into`)."""
+
+    context: RecordingContext
+    recorder: HandshakeRecorder
+
+
+def target_tls(target: Target, env: ProbeEnv, *, alpn: tuple[str, ...] = ()) -> TLSBinding:
+    """The target's recorder with its expectations refreshed for this attempt."""
+    recorder = env.recorder(target)
     refresh_recorder(recorder, target, env)
-    return recording_context(recorder, alpn=alpn)
-
-
-def target_context(
-    target: Target, env: ProbeEnv, *, alpn: tuple[str, ...] = ()
-) -> RecordingContext:
-    """The target's reused context with its expectations refreshed for this attempt."""
-    ctx = env.context(target, lambda: new_context(target, env, alpn=alpn))
-    refresh_recorder(ctx.recorder, target, env)
-    return ctx
+    return TLSBinding(env.context(alpn), recorder)
 
 
 def handshake_failure(recorder: HandshakeRecorder, exc: BaseException) -> tuple[Reason, str] | None:
@@ -125,10 +127,10 @@ def _record(attempt: Attempt, recorder: HandshakeRecorder) -> None:
 
 async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
     try:
-        context = target_context(target, env)
+        tls = target_tls(target, env)
     except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted
         return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
-    recorder = context.recorder
+    recorder = tls.recorder
     attempt.settlers.append(lambda a: _record(a, recorder))
     try:
         sock = await connect(await resolve(target, attempt), attempt)
@@ -137,9 +139,13 @@ async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRes
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
     try:
-        transport, _ = await loop.create_connection(
-            lambda: _Watch(closed), sock=sock, ssl=context, server_hostname=sni(target) or ""
-        )
+        with recording_into(recorder):
+            transport, _ = await loop.create_connection(
+                lambda: _Watch(closed),
+                sock=sock,
+                ssl=tls.context,
+                server_hostname=sni(target) or "",
+            )
     except (ssl.SSLError, OSError) as exc:
         sock.close()
         if isinstance(exc, TimeoutError):

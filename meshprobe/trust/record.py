@@ -7,6 +7,13 @@ object from the context's `sslobject_class`. So a context whose `sslobject_class
 `do_handshake` sees the exact moment TLS starts (the first call: TCP is connected), the moment it
 ends, and the raw chain, for any client that accepts an `SSLContext`.
 
+Contexts are shared (one per ALPN list, not one per target: an OpenSSL 3.0 context costs about
+13 KB and a quarter of an https probe's CPU to build), so the recorder a handshake reports to is
+bound to the probe, not to the context: `recording_into(recorder)` around the connection, read
+by the handshake's first step, which runs in the context of the task that opened the connection
+(the transport schedules it from there). A context made by `recording_context(recorder)` keeps
+that recorder as its fallback, for code that opens connections without binding one.
+
 OpenSSL verification stays off: a broken chain must still complete the handshake so that we can
 report it, and `tlscheck.assess_chain` reaches the verdict in one place for every probe kind. When
 the verdict fails we raise from inside `do_handshake`, so the transport fails exactly as if
@@ -16,9 +23,11 @@ OpenSSL had refused the chain and no request is ever sent to an untrusted server
 from __future__ import annotations
 
 import _ssl
+import contextlib
+import contextvars
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -33,6 +42,8 @@ __all__ = [
     "RecordingContext",
     "TrustRejected",
     "recording_context",
+    "recording_into",
+    "shared_context",
 ]
 
 
@@ -102,11 +113,38 @@ def _der_chain(obj: ssl.SSLObject) -> list[bytes]:
     return out
 
 
+_RECORDER: contextvars.ContextVar[HandshakeRecorder | None] = contextvars.ContextVar(
+    "meshprobe_recorder", default=None
+)
+
+
+@contextlib.contextmanager
+def recording_into(recorder: HandshakeRecorder) -> Iterator[None]:
+    """Handshakes of connections opened inside this block report to `recorder`."""
+    token = _RECORDER.set(recorder)
+    try:
+        yield
+    finally:
+        _RECORDER.reset(token)
+
+
 class _RecordingSSLObject(ssl.SSLObject):
     _mp_started: float | None = None
+    _mp_recorder: HandshakeRecorder | None = None
+
+    def _recorder(self) -> HandshakeRecorder:
+        """Bound at the first handshake step (in the opening task's context), then kept: later
+        steps run from the transport's callbacks."""
+        recorder = self._mp_recorder
+        if recorder is None:
+            recorder = _RECORDER.get() or cast(RecordingContext, self.context).recorder
+            if recorder is None:
+                raise RecorderFault("meshprobe: no recorder bound to this TLS connection")
+            self._mp_recorder = recorder
+        return recorder
 
     def do_handshake(self) -> None:
-        recorder = cast(RecordingContext, self.context).recorder
+        recorder = self._recorder()
         if self._mp_started is None:
             # The transport calls us as soon as TCP is connected, then again after each read
             # until the handshake completes (SSLWantReadError in between).
@@ -140,19 +178,26 @@ class _RecordingSSLObject(ssl.SSLObject):
 
 
 class RecordingContext(ssl.SSLContext):
-    """A client context whose connections report to `recorder`."""
+    """A client context whose connections report to the recorder bound by `recording_into`,
+    else to its own `recorder`."""
 
     sslobject_class = _RecordingSSLObject
-    recorder: HandshakeRecorder
+    recorder: HandshakeRecorder | None = None
 
 
-def recording_context(recorder: HandshakeRecorder, *, alpn: Sequence[str] = ()) -> RecordingContext:
-    """A fresh client context reporting to `recorder` (~120 µs with OpenSSL 3.0, see the report
-    in tests; cheap next to a handshake, and it keeps probes of one target fully independent)."""
+def shared_context(*, alpn: Sequence[str] = ()) -> RecordingContext:
+    """A client context for any number of targets; bind each connection's recorder with
+    `recording_into`."""
     ctx = RecordingContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # the verdict is ours, see the module docstring
     if alpn:
         ctx.set_alpn_protocols(list(alpn))
+    return ctx
+
+
+def recording_context(recorder: HandshakeRecorder, *, alpn: Sequence[str] = ()) -> RecordingContext:
+    """A fresh client context of its own, reporting to `recorder` unless another is bound."""
+    ctx = shared_context(alpn=alpn)
     ctx.recorder = recorder
     return ctx

@@ -433,3 +433,26 @@ async def test_kernel_tcp_info_of_a_connected_socket() -> None:
     assert stats.retransmits == 0  # loopback loses nothing on its own
     assert read_tcp_info(None) is None
     assert read_tcp_info(sock) is None  # closed: no answer rather than a wrong one
+
+
+async def test_concurrent_handshakes_on_the_shared_context_report_to_their_own_target(
+    env: ProbeEnv, test_pki: TestPki
+) -> None:
+    """Every https target shares one SSLContext; each handshake must still land in its own
+    target's recorder, also when many run at once on both loops."""
+    async with (
+        FaultServer(faults.http(), tls=test_pki.good()) as good,
+        FaultServer(faults.http(), tls=test_pki.from_other_ca()) as bad,
+    ):
+        targets = [make_target(good.url("https"), name=f"good/{i}") for i in range(5)] + [
+            make_target(bad.url("https"), name=f"bad/{i}") for i in range(5)
+        ]
+        for _ in range(3):
+            results = await asyncio.gather(*(run_probe(t, env) for t in targets))
+            for target, result in zip(targets, results, strict=True):
+                if target.name.startswith("good/"):
+                    assert result.success and result.tls is not None, result.detail
+                    assert result.tls.verified
+                else:
+                    assert_failed(result, Reason.TLS_UNTRUSTED)
+                    assert result.tls is not None and not result.tls.verified

@@ -63,22 +63,23 @@ def sample(text: str, name: str) -> float:
 
 def edge_series(text: str) -> tuple[int, int]:
     """(edges, series of edge families) in an exposition."""
-    edges: set[tuple[str, str]] = set()
+    edges: set[str] = set()
     series = 0
     for line in text.splitlines():
         if line.startswith("#") or 'target="' not in line:
             continue
         series += 1
         start = line.index('target="') + len('target="')
-        edges.add((line[start : line.index('"', start)], ""))
+        edges.add(line[start : line.index('"', start)])
     return len(edges), series
 
 
-def probes_done(text: str) -> float:
+def probes_done(text: str) -> int:
+    """Edges probed at least once."""
     return sum(
         1
         for line in text.splitlines()
-        if line.startswith("meshprobe_probes_total{") and not line.endswith(" 0.0")
+        if line.startswith("meshprobe_probes_total{") and float(line.rsplit(" ", 1)[1]) > 0
     )
 
 

@@ -29,7 +29,7 @@ from meshprobe.daemon.logsetup import configure_logging
 from meshprobe.daemon.reload import restart_only
 from meshprobe.daemon.scheduler import Scheduler
 from meshprobe.discovery.merge import merge_peers, merge_targets
-from meshprobe.discovery.watch import WatchSettings
+from meshprobe.discovery.pacing import WatchSettings
 from meshprobe.metrics.edges import edge_exposition
 from meshprobe.metrics.instance import MeshprobeCollector
 from meshprobe.metrics.looplag import monitor_loop_lag

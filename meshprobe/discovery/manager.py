@@ -22,9 +22,10 @@ from meshprobe.config.settings import Settings
 from meshprobe.discovery import rbac
 from meshprobe.discovery.catalog import ServiceCatalog
 from meshprobe.discovery.client import ClientSetupError, Collection, KubeApi, connect
+from meshprobe.discovery.pacing import WatchSettings
 from meshprobe.discovery.services import SOURCE_LINKERD, SOURCE_SERVICES, TargetDefaults
 from meshprobe.discovery.trustmap import ConfigMapBundle
-from meshprobe.discovery.watch import WatchHandler, WatchLoop, WatchSettings
+from meshprobe.discovery.watch import WatchHandler, WatchLoop
 from meshprobe.model import Peer, Target
 from meshprobe.state.instance import DiscoveryHealth
 from meshprobe.tasks import TaskSet

@@ -12,7 +12,7 @@ import yaml
 
 from meshprobe.config.settings import load_settings
 from meshprobe.daemon.lifecycle import Daemon
-from meshprobe.discovery.watch import Backoff, WatchSettings
+from meshprobe.discovery.pacing import Backoff, WatchSettings
 from meshprobe.model import Target
 from tests.integration.daemonkit import signals
 

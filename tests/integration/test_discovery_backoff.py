@@ -16,7 +16,7 @@ import yaml
 from meshprobe.config.settings import load_settings
 from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.discovery import services as ann
-from meshprobe.discovery.watch import Backoff, WatchSettings
+from meshprobe.discovery.pacing import Backoff, WatchSettings
 from tests.integration.daemonkit import samples, scrape_daemon
 from tests.integration.kubefake import FakeKube, service
 from tests.integration.kubekit import daemon_config, targets_of, until_discovered

@@ -16,7 +16,8 @@ from meshprobe.demo.pki import Issued
 from meshprobe.discovery import rbac
 from meshprobe.discovery import services as ann
 from meshprobe.discovery.client import Collection, connect
-from meshprobe.discovery.watch import Backoff, WatchLoop, WatchSettings
+from meshprobe.discovery.pacing import Backoff, WatchSettings
+from meshprobe.discovery.watch import WatchLoop
 from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon, signals
 from tests.integration.faults import TestPki
 from tests.integration.kubefake import FakeKube, configmap, service

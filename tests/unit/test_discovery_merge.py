@@ -13,7 +13,7 @@ from meshprobe.config.targets import make_target
 from meshprobe.discovery import services as ann
 from meshprobe.discovery.catalog import ServiceCatalog
 from meshprobe.discovery.merge import merge_peers, merge_targets
-from meshprobe.discovery.watch import Backoff
+from meshprobe.discovery.pacing import Backoff
 from meshprobe.model import Peer, Target
 from tests.unit.test_discovery_services import DEFAULTS, svc
 

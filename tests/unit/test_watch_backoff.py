@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from meshprobe.discovery.watch import Backoff
+from meshprobe.discovery.pacing import Backoff
 
 
 @pytest.mark.parametrize("failures", [1, 7, 1025, 10**6])

@@ -22,6 +22,8 @@ a separate run of `meshprobe run` with nothing attached.
 
     python bench/compare.py                 # the full run (about 15 minutes)
     python bench/compare.py --quick         # a smoke run of a few seconds per case
+    python bench/compare.py --cases https:200 http:200 --no-timing --skip scale churn \
+        --blackbox /usr/bin/prometheus-blackbox-exporter   # CPU cost of two cases only
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -269,6 +272,8 @@ async def meshprobe_timing(world: World, proto: str, rate: int, window: float) -
 
 
 class Blackbox:
+    binary = BLACKBOX
+
     def __init__(self, world: World, workdir: Path) -> None:
         config = {
             "modules": {
@@ -292,7 +297,7 @@ class Blackbox:
         self.port = free_port()
         self.proc = subprocess.Popen(
             [
-                BLACKBOX,
+                self.binary,
                 f"--config.file={path}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=error",
@@ -474,6 +479,13 @@ def table(cases: list[Case]) -> str:
     return "\n".join(rows)
 
 
+def parse_case(text: str) -> tuple[str, int]:
+    proto, _, rate = text.partition(":")
+    if proto not in ("http", "https") or not rate.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: want PROTO:RATE, e.g. https:200")
+    return proto, int(rate)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="a few seconds per case")
@@ -482,12 +494,21 @@ def main() -> int:
     parser.add_argument("--delay", type=float, default=0.005)
     parser.add_argument("--skip", nargs="*", default=[], choices=["cost", "scale", "churn"])
     parser.add_argument("--out", default="bench/results.json")
+    parser.add_argument(
+        "--cases", nargs="+", type=parse_case, help="PROTO:RATE cost cases (default: all six)"
+    )
+    parser.add_argument("--blackbox", default=BLACKBOX, help="the blackbox_exporter binary")
+    parser.add_argument(
+        "--no-timing", action="store_true", help="cost only: skip meshprobe's timing-error run"
+    )
     args = parser.parse_args()
-    if shutil.which(BLACKBOX) is None:
+    if shutil.which(args.blackbox) is None:
         print(
-            f"{BLACKBOX} missing: apt-get install -y prometheus-blackbox-exporter", file=sys.stderr
+            f"{args.blackbox} missing: apt-get install -y prometheus-blackbox-exporter",
+            file=sys.stderr,
         )
         return 2
+    Blackbox.binary = args.blackbox
     window, warmup, rounds = (2.0, 1.0, 1) if args.quick else (args.window, 2.0, args.rounds)
     plan = [
         ("http", 50),
@@ -499,7 +520,16 @@ def main() -> int:
     ]
     if args.quick:
         plan = [("http", 50), ("https", 50)]
-    results: dict[str, Any] = {"delay_s": args.delay, "window_s": window, "rounds": rounds}
+    if args.cases:
+        plan = args.cases
+    results: dict[str, Any] = {
+        "python": sys.version.split()[0],
+        "openssl": ssl.OPENSSL_VERSION,
+        "blackbox": args.blackbox,
+        "delay_s": args.delay,
+        "window_s": window,
+        "rounds": rounds,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         world = World(Path(tmp), args.delay)
         try:
@@ -508,7 +538,11 @@ def main() -> int:
                 for proto, rate in plan:
                     for _ in range(rounds):
                         mp = run_meshprobe_cost(world, proto, rate, window, warmup)
-                        errors = run_loop(meshprobe_timing(world, proto, rate, window))
+                        errors = (
+                            []
+                            if args.no_timing
+                            else run_loop(meshprobe_timing(world, proto, rate, window))
+                        )
                         if errors:
                             mp.err_median_ms = 1000 * statistics.median(errors)
                             mp.err_p99_ms = 1000 * quantile(errors, 0.99)

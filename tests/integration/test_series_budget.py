@@ -100,7 +100,7 @@ async def test_series_budget_per_edge_and_what_each_control_saves(
     for kind, budget in BUDGET.items():
         default = counts[("default", kind)]
         assert 0 < default <= budget, (kind, default)
-        # Each bound costs one series: 12 bounds down to 2 saves 10.
+        # Each bound costs one series: 11 bounds down to 2 saves 9.
         assert counts[("narrow", kind)] == default - (len(DURATION_BUCKETS) - 2), kind
         # No histogram: the bounds and +Inf go, _count and _sum stay.
         assert counts[("no-histogram", kind)] == default - (len(DURATION_BUCKETS) + 1), kind

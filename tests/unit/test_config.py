@@ -513,7 +513,7 @@ def test_default_metric_options_are_the_documented_ones(tmp_path: Path) -> None:
         write(tmp_path, 'cluster: c1\ntargets: [{name: a, url: "http://a/"}]\n'), environ={}
     ).build_targets()
     assert target.metrics == MetricOptions(buckets=DURATION_BUCKETS, phases=True)
-    assert len(DURATION_BUCKETS) == 12 and DURATION_BUCKETS[-1] == 2.0  # the default timeout
+    assert len(DURATION_BUCKETS) == 11 and DURATION_BUCKETS[-1] == 2.0  # the default timeout
 
 
 @pytest.mark.parametrize(

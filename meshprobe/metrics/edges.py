@@ -19,7 +19,7 @@ from meshprobe.model import KIND_PHASES, TLSReport
 from meshprobe.probes.tcpinfo import SUPPORTED as TCP_INFO_SUPPORTED
 from meshprobe.state.edges import EdgeStats, ProbeState
 
-SLICE = 250  # edges rendered between two yields to the event loop (about 5 ms here)
+SLICE = 100  # edges between two yields to the event loop: p99 lateness under 10 ms at 10,000
 
 
 def escape(value: str) -> str:

@@ -15,6 +15,7 @@ import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
+from meshprobe.config.settings import load_settings
 from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.model import ProbeResult, Target
 from meshprobe.web.server import build_app, start_site
@@ -91,6 +92,20 @@ class Rounds:
             while any(self.counts[n] < g for n, g in goal.items()):
                 self._changed.clear()
                 await self._changed.wait()
+
+
+@contextlib.asynccontextmanager
+async def probed_daemon(path: Path, config: dict[str, Any]) -> AsyncIterator[tuple[Daemon, Rounds]]:
+    """A daemon on `config` (written to `path`), yielded once every target was probed once."""
+    write_config(path, config)
+    daemon = Daemon(load_settings(path, environ={}), config_path=path, environ={})
+    rounds = Rounds(daemon)
+    await daemon.start()
+    try:
+        await rounds.wait([t["name"] for t in config.get("targets", [])])
+        yield daemon, rounds
+    finally:
+        await daemon.stop()
 
 
 def write_config(path: Path, data: dict[str, Any]) -> Path:

@@ -10,11 +10,9 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshprobe.config.settings import load_settings
-from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.web.server import accepts_gzip
 from tests.integration import faults
-from tests.integration.daemonkit import Rounds, write_config
+from tests.integration.daemonkit import probed_daemon
 from tests.integration.faults import FaultServer
 
 
@@ -43,20 +41,13 @@ def families(text: str) -> dict[str, int]:
 async def test_metrics_gzipped_on_request_with_the_same_content(tmp_path: Path) -> None:
     async with FaultServer(faults.echo("cluster1")) as srv:
         targets = [{"name": f"app/t{i}", "url": srv.url()} for i in range(300)]
-        path = write_config(
-            tmp_path / "config.yaml",
-            {
-                "cluster": "cluster1",
-                "listen": "127.0.0.1:0",
-                "defaults": {"interval": "3s", "timeout": "1s"},
-                "targets": targets,
-            },
-        )
-        daemon = Daemon(load_settings(path, environ={}), config_path=path, environ={})
-        rounds = Rounds(daemon)
-        await daemon.start()
-        try:
-            await rounds.wait([t["name"] for t in targets])
+        config = {
+            "cluster": "cluster1",
+            "listen": "127.0.0.1:0",
+            "defaults": {"interval": "3s", "timeout": "1s"},
+            "targets": targets,
+        }
+        async with probed_daemon(tmp_path / "config.yaml", config) as (daemon, _):
             url = f"http://127.0.0.1:{daemon.port}/metrics"
             async with aiohttp.ClientSession(auto_decompress=False) as session:
                 async with session.get(url, headers={"Accept-Encoding": "gzip"}) as resp:
@@ -66,8 +57,6 @@ async def test_metrics_gzipped_on_request_with_the_same_content(tmp_path: Path) 
                 async with session.get(url, headers={"Accept-Encoding": "identity"}) as resp:
                     assert "Content-Encoding" not in resp.headers
                     plain = (await resp.read()).decode()
-        finally:
-            await daemon.stop()
     unzipped = gzip.decompress(zipped).decode()
     assert families(unzipped) == families(plain)
     assert len(zipped) * 5 < len(plain)  # a 300-edge exposition shrinks several times over

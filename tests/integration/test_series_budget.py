@@ -14,13 +14,11 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from meshprobe.config.settings import load_settings
-from meshprobe.daemon.lifecycle import Daemon
 from meshprobe.demo import pki
 from meshprobe.metrics import names as m
 from meshprobe.model import DURATION_BUCKETS
 from tests.integration import faults
-from tests.integration.daemonkit import Rounds, scrape_daemon, write_config
+from tests.integration.daemonkit import probed_daemon, scrape_daemon
 from tests.integration.faults import SPIFFE_ID, FaultServer, TestPki
 
 BUDGET = {"http": 28, "tcp": 28, "https": 34, "tls": 34}
@@ -75,24 +73,15 @@ async def test_series_budget_per_edge_and_what_each_control_saves(
             for variant, extra in VARIANTS.items()
             for kind, url in urls.items()
         ]
-        path = write_config(
-            tmp_path / "config.yaml",
-            {
-                "cluster": "cluster1",
-                "listen": "127.0.0.1:0",
-                "trust": {"bundle_file": str(bundle)},
-                "defaults": {"interval": "1s", "timeout": "1s"},
-                "targets": targets,
-            },
-        )
-        daemon = Daemon(load_settings(path, environ={}), config_path=path, environ={})
-        rounds = Rounds(daemon)
-        await daemon.start()
-        try:
-            await rounds.wait([t["name"] for t in targets])
+        config = {
+            "cluster": "cluster1",
+            "listen": "127.0.0.1:0",
+            "trust": {"bundle_file": str(bundle)},
+            "defaults": {"interval": "1s", "timeout": "1s"},
+            "targets": targets,
+        }
+        async with probed_daemon(tmp_path / "config.yaml", config) as (daemon, rounds):
             text = await scrape_daemon(daemon)
-        finally:
-            await daemon.stop()
     assert all(r.success for r in rounds.last.values()), {
         n: r.detail for n, r in rounds.last.items() if not r.success
     }

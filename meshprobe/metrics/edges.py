@@ -3,7 +3,7 @@
 With 10,000 targets the edge families are hundreds of thousands of samples. Building
 prometheus_client Metric objects for them takes seconds and blocks the event loop for all of it,
 which would inflate every probe timing taken meanwhile. Here each edge's label set is escaped once
-and the text (format 0.0.4) is written straight from ProbeState, a few hundred edges per slice, so
+and the text (format 0.0.4) is written straight from ProbeState, a hundred edges per slice, so
 the server can yield to the loop between slices. Instance metrics stay with prometheus_client.
 """
 

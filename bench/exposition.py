@@ -29,8 +29,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from prometheus_client.parser import text_string_to_metric_families
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.compare import (
@@ -40,6 +38,7 @@ from bench.compare import (
     free_port,
     lag_p99,
     meshprobe_config,
+    metric_sum,
 )
 
 
@@ -50,15 +49,6 @@ def fetch(port: int, *, gzipped: bool) -> tuple[bytes, float]:
     with urllib.request.urlopen(request, timeout=60) as resp:
         body = resp.read()
     return body, time.perf_counter() - began
-
-
-def sample(text: str, name: str) -> float:
-    return sum(
-        s.value
-        for f in text_string_to_metric_families(text)
-        for s in f.samples
-        if s.name == name and "target" not in s.labels
-    )
 
 
 def edge_series(text: str) -> tuple[int, int]:
@@ -137,7 +127,7 @@ def run(n: int, interval: str, scrapes: int, window: float) -> dict[str, Any]:
                     "cpu_share_probing_only": round(idle_rate, 3),
                     "loop_lag_p99_no_scrapes_s": lag_p99(quiet_a, busy_a),
                     "loop_lag_p99_scraping_s": lag_p99(busy_a, busy_b.decode()),
-                    "rss_mib": round(sample(text, "process_resident_memory_bytes") / 2**20, 1),
+                    "rss_mib": round(metric_sum(text, "process_resident_memory_bytes") / 2**20, 1),
                 }
             finally:
                 mp.close()

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 from urllib.parse import urlsplit
@@ -71,16 +71,6 @@ async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
     return bytes(body)
 
 
-@contextlib.asynccontextmanager
-async def _bound(recorder: HandshakeRecorder | None) -> AsyncIterator[None]:
-    """The peer's handshake reports to `recorder` (https); nothing to bind for plain http."""
-    if recorder is None:
-        yield
-        return
-    with recording_into(recorder):
-        yield
-
-
 async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
     url = peer.url.rstrip("/") + "/v1/identity"
     parts = urlsplit(url)
@@ -95,14 +85,14 @@ async def check_peer(peer: Peer, env: ProbeEnv, *, limit: float) -> PeerStatus:
         )
         ssl_arg = env.context(("http/1.1",))
     try:
-        async with (
-            asyncio.timeout(limit),
-            _bound(recorder),
-            env.fresh_session.get(url, ssl=ssl_arg, allow_redirects=False) as resp,
-        ):
-            if resp.status != 200:
-                raise IdentityError(f"identity answered HTTP {resp.status}")
-            body = await _read_bounded(resp, IDENTITY_MAX_BYTES)
+        with recording_into(recorder) if recorder is not None else contextlib.nullcontext():
+            async with (
+                asyncio.timeout(limit),
+                env.fresh_session.get(url, ssl=ssl_arg, allow_redirects=False) as resp,
+            ):
+                if resp.status != 200:
+                    raise IdentityError(f"identity answered HTTP {resp.status}")
+                body = await _read_bounded(resp, IDENTITY_MAX_BYTES)
         identity = parse_identity(body, expected_cluster=peer.cluster)
     except TimeoutError:
         return PeerStatus(False, frozenset(), f"no identity within {limit}s")

@@ -53,11 +53,6 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
-def load_bundle(settings: Settings) -> TrustAnchors | None:
-    """The same load `meshprobe check` does; a bad file raises ConfigError (trust.bundle_file)."""
-    return load_trust_bundle(settings)
-
-
 class Daemon:
     def __init__(
         self,
@@ -116,7 +111,7 @@ class Daemon:
             where="" if self.web_config_path else "web",
             on_bcrypt=lambda granted: Hooks.call(self.hooks.bcrypt_checked, granted),
         )
-        bundle = load_bundle(settings)
+        bundle = load_trust_bundle(settings)
         self.status.bundle = bundle
         self.status.bundle_reload_timestamp = time.time()
         self.identity_body()  # built now, not by the first peer to ask
@@ -214,7 +209,7 @@ class Daemon:
             new = restart_only(
                 self.settings, load_settings(self.config_path, environ=self._environ)
             )
-            bundle = load_bundle(new)
+            bundle = load_trust_bundle(new)
             if self.web is not None:  # last: it applies at once when the files load
                 self.web.update(self._web_config(new))
         except ConfigError as exc:

@@ -26,8 +26,9 @@ class EdgeStats:
     served: dict[str, int] = field(default_factory=dict)
     last: ProbeResult | None = None
     last_tls: TLSReport | None = None
-    # The exposition's escaped label set, valid while `target` is the same object.
-    label_cache: tuple[Target, str] | None = None
+    # The exposition's text for this edge (metrics.edges owns it; state only keeps it alive
+    # with the edge, so it goes when the edge goes).
+    exposition: object = None
 
     def __post_init__(self) -> None:
         # Failure counters appear with the first failure of their reason, not before: pre-made

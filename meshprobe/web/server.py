@@ -87,7 +87,8 @@ def _metrics_handler(
         await resp.prepare(request)
         out = _GzipWriter(resp) if gzipped else _PlainWriter(resp)
         for chunk in edges() if edges is not None else ():
-            await out.write(chunk.encode())
+            if chunk:  # an empty chunk is a slice of work done without text: only yield
+                await out.write(chunk.encode())
             await asyncio.sleep(0)
         await out.write(generate_latest(registry))
         await out.close()

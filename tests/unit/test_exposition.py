@@ -139,3 +139,46 @@ def test_many_edges_come_in_slices_and_pass_promtool() -> None:
         [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
     )
     assert lint.returncode == 0 and lint.stdout == "" and lint.stderr == "", lint.stderr
+
+
+def test_lines_kept_between_scrapes_follow_the_target_and_the_chain() -> None:
+    """The label set, the budget and the TLS lines are reused between scrapes: a new budget, a
+    new chain or a new identity shows at once, and the verdict is never reused."""
+    state = ProbeState()
+    state.set_targets([BASE])
+    state.record(BASE, ProbeResult(success=True, duration=0.01, tls=TLS))
+
+    def samples() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {
+            (s.name, tuple(sorted((k, v) for k, v in s.labels.items() if k not in EDGE))): s.value
+            for f in text_string_to_metric_families(render(state))
+            for s in f.samples
+        }
+
+    first = samples()
+    assert first[("meshprobe_latency_budget_seconds", ())] == 0.1
+    assert first[("meshprobe_tls_verified", ())] == 1.0
+    renewed = replace(CERT, not_after=2.5e9)
+    other = replace(TLS, chain=(renewed,), identity="spiffe://td/ns/a/sa/c", version="TLSv1.2")
+    state.record(BASE, ProbeResult(success=True, duration=0.01, tls=other))
+    second = samples()
+    leaf = ("meshprobe_tls_cert_expiry_timestamp_seconds", (("role", "leaf"),))
+    assert second[leaf] == 2.5e9
+    assert [k for k in second if k[0] == "meshprobe_tls_peer_info"] == [
+        (
+            "meshprobe_tls_peer_info",
+            (
+                ("cipher", "TLS_AES_128_GCM_SHA256"),
+                ("identity", "spiffe://td/ns/a/sa/c"),
+                ("root_fingerprint_sha256", "cd" * 32),
+                ("version", "TLSv1.2"),
+            ),
+        )
+    ]
+    refused = replace(other, verified=False, reason=Reason.TLS_IDENTITY)
+    state.record(
+        BASE, ProbeResult(success=False, duration=0.01, reason=Reason.TLS_IDENTITY, tls=refused)
+    )
+    assert samples()[("meshprobe_tls_verified", ())] == 0.0
+    state.set_targets([replace(BASE, budget=0.25)])
+    assert samples()[("meshprobe_latency_budget_seconds", ())] == 0.25

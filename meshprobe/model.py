@@ -128,6 +128,17 @@ class TLSOptions:
     identity: str | None = None  # expected SPIFFE URI SAN or DNS name of the leaf
     server_name: str | None = None  # SNI and name check; defaults to the URL host
     insecure_skip_verify: bool = False  # record the chain and verdict but never fail on it
+    # Our client certificate (PEM chain, leaf first) and key, for servers that demand one (STRICT
+    # mTLS): re-read when the files change, see trust/clientcert.py.
+    cert_file: str | None = None
+    key_file: str | None = None
+    alpn: tuple[str, ...] | None = None  # None: the kind's own (http/1.1 for https, none for tls)
+
+    @property
+    def client_pair(self) -> tuple[str, str] | None:
+        if self.cert_file is None or self.key_file is None:
+            return None
+        return (self.cert_file, self.key_file)
 
 
 # Eleven bounds for mesh latencies: fine steps through the local budget (50 ms) and up to the

@@ -36,7 +36,16 @@ from meshprobe.config.types import (
 )
 from meshprobe.model import DURATION_BUCKETS, MAX_BUCKETS, SCHEME_KIND, MetricOptions
 
-__all__ = ["Budget", "Defaults", "HistogramSpec", "PeerSpec", "TLSSpec", "TargetSpec", "Trust"]
+__all__ = [
+    "Budget",
+    "ClientCertSpec",
+    "Defaults",
+    "HistogramSpec",
+    "PeerSpec",
+    "TLSSpec",
+    "TargetSpec",
+    "Trust",
+]
 
 _METHOD = re.compile(r"[A-Z]+")
 
@@ -75,6 +84,27 @@ class HistogramSpec(_Frozen):
         return tuple(self.buckets) if self.enabled else ()
 
 
+class ClientCertSpec(_Frozen):
+    """Our client certificate: a PEM chain (leaf first, intermediates may follow) and its
+    unencrypted key. Only the shape is checked here; the files are read by the prober, and re-read
+    when they change (mesh certificates rotate every few hours)."""
+
+    cert_file: NonEmpty | None = None
+    key_file: NonEmpty | None = None
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ClientCertSpec:
+        if (self.cert_file is None) != (self.key_file is None):
+            missing = "key_file" if self.key_file is None else "cert_file"
+            raise_cross_field([((missing,), "cert_file and key_file go together: set both")])
+        return self
+
+    def pair(self) -> tuple[str, str] | None:
+        if self.cert_file is None or self.key_file is None:
+            return None
+        return (self.cert_file, self.key_file)
+
+
 class Defaults(_Frozen):
     interval: Duration = 10.0
     timeout: Duration = 2.0
@@ -82,6 +112,8 @@ class Defaults(_Frozen):
     body_limit: ByteSize = 1024 * 1024
     histogram: HistogramSpec = HistogramSpec()
     phases: bool = True  # the last probe's phase gauges: 2 to 5 series per edge
+    # The client certificate of every https and tls target that names none of its own.
+    tls: ClientCertSpec = ClientCertSpec()
 
     def metrics(self, histogram: HistogramSpec | None, phases: bool | None) -> MetricOptions:
         """A target's export options: its own where it sets them, else these defaults."""
@@ -131,11 +163,26 @@ class Trust(_Frozen):
         return frozenset(a.lower() for a in self.trust_domain_aliases)
 
 
-class TLSSpec(_Frozen):
+class TLSSpec(ClientCertSpec):
     ca_file: NonEmpty | None = None
     identity: NonEmpty | None = None
     server_name: NonEmpty | None = None
     insecure_skip_verify: bool = False
+    # ALPN protocols to offer, e.g. [h2] for a gateway that routes on it; default: http/1.1 for
+    # https, none for tls.
+    alpn: list[str] | None = None
+
+    @field_validator("alpn")
+    @classmethod
+    def _alpn(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("offer at least one protocol, or leave alpn out")
+        for name in value:
+            if not name or len(name.encode()) > 255 or not name.isascii() or not name.isprintable():
+                raise ValueError(f"{name!r} is not an ALPN protocol name (1-255 printable bytes)")
+        return value
 
 
 class TargetSpec(_Frozen):

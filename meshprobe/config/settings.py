@@ -167,6 +167,8 @@ class Settings(BaseSettings):
 
     def _build_target(self, spec: TargetSpec) -> Target:
         tls = spec.tls or TLSSpec()
+        secure = spec.scheme in ("https", "tls")
+        client = tls.pair() or (self.defaults.tls.pair() if secure else None)
         return make_target(
             name=spec.name,
             url=spec.url,
@@ -189,6 +191,9 @@ class Settings(BaseSettings):
                 identity=tls.identity,
                 server_name=tls.server_name,
                 insecure_skip_verify=tls.insecure_skip_verify,
+                cert_file=client[0] if client else None,
+                key_file=client[1] if client else None,
+                alpn=tuple(tls.alpn) if tls.alpn is not None else None,
             ),
             metrics=self.defaults.metrics(spec.histogram, spec.phases),
         )

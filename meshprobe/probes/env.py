@@ -26,6 +26,7 @@ from meshprobe.model import USER_AGENT, Phase, ProbeResult, Reason, Target, TCPS
 from meshprobe.probes.tcpinfo import read_tcp_info
 from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.cache import VerdictCache
+from meshprobe.trust.clientcert import ClientCertificates, ClientPair
 from meshprobe.trust.record import HandshakeRecorder, RecordingContext, shared_context
 
 __all__ = [
@@ -62,12 +63,16 @@ class Attempt:
     # before every result, including the one `run_probe` makes on timeout.
     settlers: list[Callable[[Attempt], None]] = field(default_factory=list)
 
-    def result(self, reason: Reason | None = None, detail: str = "") -> ProbeResult:
-        """Success exactly when there is no reason: one place decides, so they cannot disagree."""
+    def result(
+        self, reason: Reason | None = None, detail: str = "", *, ended: float | None = None
+    ) -> ProbeResult:
+        """Success exactly when there is no reason: one place decides, so they cannot disagree.
+        `ended` is when the client had what it came for, if the probe went on checking after
+        that (a tls probe waiting for the server's verdict on a finished handshake)."""
         for settle in self.settlers:
             settle(self)
         # The wall clock, always: phases explain a duration, they never replace it.
-        duration = time.perf_counter() - self.started
+        duration = (time.perf_counter() if ended is None else ended) - self.started
         text = detail or ("ok" if reason is None else reason.value)
         if len(text) > DETAIL_LIMIT:  # a hostile server must not write our log lines
             text = f"{text[: DETAIL_LIMIT - 40]}... ({len(text) - DETAIL_LIMIT + 40} chars more)"
@@ -178,9 +183,11 @@ class ProbeEnv:
     _recorders: dict[Target, HandshakeRecorder] = field(
         default_factory=dict, init=False, repr=False
     )
-    _contexts: dict[tuple[str, ...], RecordingContext] = field(
+    # Keyed by ALPN list and client certificate (its leaf's fingerprint), see `context`.
+    _contexts: dict[tuple[tuple[str, ...], str | None], RecordingContext] = field(
         default_factory=dict, init=False, repr=False
     )
+    clients: ClientCertificates = field(default_factory=ClientCertificates, init=False)
     _keepalive: dict[Target, KeepAlive] = field(default_factory=dict, init=False, repr=False)
     _ca_files: dict[str, _CachedAnchors] = field(default_factory=dict, init=False, repr=False)
     _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, init=False, repr=False)
@@ -261,14 +268,30 @@ class ProbeEnv:
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 
-    def context(self, alpn: tuple[str, ...]) -> RecordingContext:
-        """The TLS client context of every target with this ALPN list, made once: an OpenSSL 3.0
-        context costs about 13 KB (130 MB at 10,000 targets) and a quarter of a fresh https
-        probe's CPU to build."""
-        ctx = self._contexts.get(alpn)
+    def context(self, alpn: tuple[str, ...], client: ClientPair | None = None) -> RecordingContext:
+        """The TLS client context of every target with this ALPN list and client certificate,
+        made once: an OpenSSL 3.0 context costs about 13 KB (130 MB at 10,000 targets) and a
+        quarter of a fresh https probe's CPU to build. A rotated certificate is a new key; the
+        contexts of the pair it replaced are dropped (aiohttp pools connections by context, so
+        from the next probe on every connection presents the new certificate)."""
+        key = (alpn, client.fingerprint_sha256 if client is not None else None)
+        ctx = self._contexts.get(key)
         if ctx is None:
-            ctx = self._contexts[alpn] = shared_context(alpn=alpn)
+            ctx = shared_context(alpn=alpn)
+            if client is not None:
+                client.load_into(ctx)
+                in_use = {p.fingerprint_sha256 for s in self.clients if (p := s.pair) is not None}
+                for stale in [k for k in self._contexts if k[1] is not None and k[1] not in in_use]:
+                    del self._contexts[stale]
+            self._contexts[key] = ctx
         return ctx
+
+    def client_pair(self, target: Target) -> ClientPair | None:
+        """The client certificate the target presents now (re-read if its files changed)."""
+        files = target.tls.client_pair
+        if files is None:
+            return None
+        return self.clients.source(*files).current()
 
     def recorder(self, target: Target) -> HandshakeRecorder:
         """The target's handshake recorder, made once: a keepalive connection's verdict stays

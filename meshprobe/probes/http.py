@@ -20,7 +20,13 @@ from yarl import URL
 from meshprobe.model import CLUSTER_HEADER, Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv, TraceEvent, sockets_of
 from meshprobe.probes.tcp import connect_reason
-from meshprobe.probes.tls import TLSBinding, handshake_failure, target_tls
+from meshprobe.probes.tls import (
+    TLSBinding,
+    handshake_failure,
+    refusal_on_second_look,
+    server_refusal,
+    target_tls,
+)
 from meshprobe.trust.record import HandshakeRecorder, recording_into
 
 __all__ = ["probe_http"]
@@ -188,6 +194,10 @@ def _classify(exc: aiohttp.ClientError, recorder: HandshakeRecorder | None) -> t
         mapped = handshake_failure(recorder, cause)
         if mapped is not None:
             return mapped
+    if recorder is not None:  # a TLS 1.3 server's refusal arrives after our handshake
+        refused = server_refusal(recorder, exc.__cause__ or exc)
+        if refused is not None:
+            return Reason.TLS_HANDSHAKE, refused
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = exc.os_error
         return connect_reason(os_error), f"connect failed: {os_error.strerror or os_error}"
@@ -228,6 +238,15 @@ async def _read_body(
         if env.pattern(target.body_regex).search(text) is None:
             return Reason.BODY_MISMATCH, f"body does not match {target.body_regex!r}"
     return None
+
+
+def _refused_unread(tls: TLSBinding | None, attempt: Attempt) -> bool:
+    """Reset after a finished TLS 1.3 handshake and before any answer: the shape of a server
+    refusing our certificate with our request unread (see `refusal_on_second_look`)."""
+    if tls is None or attempt.status_code is not None:
+        return False
+    report = tls.recorder.report
+    return tls.recorder.finished is not None and report is not None and report.version == "TLSv1.3"
 
 
 def _session_and_tls(
@@ -271,7 +290,13 @@ async def probe_http(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRe
     except aiohttp.ClientError as exc:
         if timeline.recorder is not None and timeline.recorder.fault is not None:
             raise timeline.recorder.fault from exc  # a bug of ours: run_probe logs it
-        return attempt.result(*_classify(exc, timeline.recorder))
+        reason, detail = _classify(exc, timeline.recorder)
+        if reason is Reason.RESET and _refused_unread(tls, attempt):
+            assert tls is not None
+            refused = await refusal_on_second_look(target, tls)
+            if refused is not None:
+                return attempt.result(Reason.TLS_HANDSHAKE, f"{refused} (seen on a second look)")
+        return attempt.result(reason, detail)
     if failure is not None:
         return attempt.result(*failure)
     return attempt.result()

@@ -11,7 +11,7 @@ import asyncio
 import ipaddress
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv
@@ -24,6 +24,8 @@ __all__ = [
     "handshake_failure",
     "probe_tls",
     "refresh_recorder",
+    "refusal_on_second_look",
+    "server_refusal",
     "sni",
     "target_tls",
 ]
@@ -62,45 +64,138 @@ def refresh_recorder(recorder: HandshakeRecorder, target: Target, env: ProbeEnv)
     recorder.trust_domain_aliases = env.trust_domain_aliases
     recorder.enforce = not target.tls.insecure_skip_verify
     recorder.verdicts = env.verdicts
+    recorder.after_handshake = None
     recorder.new_attempt()
 
 
 @dataclass(frozen=True, slots=True)
 class TLSBinding:
     """What a TLS connection of a target is made with: the context shared by every target of
-    its ALPN list, and the target's own recorder (bound with `recording_into`)."""
+    its ALPN list and client certificate, and the target's own recorder (bound with
+    `recording_into`)."""
 
     context: RecordingContext
     recorder: HandshakeRecorder
 
 
 def target_tls(target: Target, env: ProbeEnv, *, alpn: tuple[str, ...] = ()) -> TLSBinding:
-    """The target's recorder with its expectations refreshed for this attempt."""
+    """The target's recorder with its expectations refreshed for this attempt, and the context
+    for its ALPN list (its own `alpn` option, else the kind's) and its client certificate."""
     recorder = env.recorder(target)
     refresh_recorder(recorder, target, env)
-    return TLSBinding(env.context(alpn), recorder)
+    client = env.client_pair(target)
+    recorder.client_identity = client.identity if client is not None else None
+    recorder.client_problem = None
+    files = target.tls.client_pair
+    if files is not None and client is None:
+        source = env.clients.source(*files)
+        recorder.client_problem = source.error or "not loaded"
+    offered = target.tls.alpn if target.tls.alpn is not None else alpn
+    return TLSBinding(env.context(offered, client), recorder)
+
+
+# What a server's TLS alert about our certificate means, by OpenSSL's name for it.
+_CERT_ALERTS = {
+    "unknown_ca": "it does not trust the CA that issued it",
+    "bad_certificate": "it finds it invalid",
+    "unsupported_certificate": "it does not support its type",
+    "certificate_revoked": "it finds it revoked",
+    "certificate_expired": "it finds it expired or not yet valid",
+    "certificate_unknown": "it could not accept it",
+    "access_denied": "it is valid but not allowed here",
+    "decrypt_error": "its signature did not verify",
+}
+
+
+def _alert(exc: BaseException) -> str | None:
+    """The TLS alert a server sent, as RFC 8446 names it, if `exc` carries one."""
+    reason = getattr(exc, "reason", None)
+    if not isinstance(exc, ssl.SSLError) or not isinstance(reason, str):
+        return None
+    head, sep, name = reason.partition("_ALERT_")
+    return name.lower() if sep and head else None
+
+
+def server_refusal(recorder: HandshakeRecorder, exc: BaseException) -> str | None:
+    """Why the server refused us, when `exc` is its alert: which certificate of ours (or none)
+    and what the alert says about it. None when `exc` is not a server's alert."""
+    alert = _alert(exc)
+    if alert is None:
+        return None
+    ours = recorder.client_identity
+    if ours is None:
+        none = "we presented none"
+        if recorder.client_problem is not None:
+            none += f" (ours is unusable: {recorder.client_problem})"
+        if alert == "certificate_required":
+            return f"the server refused us: it requires a client certificate and {none}"
+        if alert == "handshake_failure":
+            return (
+                "the server refused the handshake (TLS alert handshake_failure); no client "
+                f"certificate was sent, which is how a server requiring one refuses before TLS "
+                f"1.3: {none}"
+            )
+        return (
+            f"the server refused the handshake (TLS alert {alert}); no client certificate: {none}"
+        )
+    meaning = _CERT_ALERTS.get(alert)
+    if meaning is not None:
+        return f"the server refused our client certificate {ours}: {meaning} (TLS alert {alert})"
+    return f"the server refused the handshake (TLS alert {alert}); we presented {ours}"
 
 
 def handshake_failure(recorder: HandshakeRecorder, exc: BaseException) -> tuple[Reason, str] | None:
-    """Our own verdict first (the exception is just its carrier); None for a fault in the
-    assessment itself, which the caller re-raises so `run_probe` logs it."""
+    """Our own verdict first (the exception is just its carrier), then the server's refusal;
+    None for a fault in the assessment itself, which the caller re-raises so `run_probe` logs
+    it. The detail names the side that refused."""
     if recorder.fault is not None:
         return None
     if recorder.rejected and recorder.report is not None:
         report = recorder.report
-        return report.reason or Reason.TLS_UNTRUSTED, report.detail
+        return report.reason or Reason.TLS_UNTRUSTED, f"we refused the server: {report.detail}"
+    refused = server_refusal(recorder, exc)
+    if refused is not None:
+        return Reason.TLS_HANDSHAKE, refused
     if isinstance(exc, ConnectionResetError | ConnectionAbortedError | BrokenPipeError):
         return Reason.RESET, f"connection dropped during the TLS handshake: {exc}"
     return Reason.TLS_HANDSHAKE, f"TLS handshake failed: {exc}"
 
 
 class _Watch(asyncio.Protocol):
-    def __init__(self, closed: asyncio.Future[None]) -> None:
+    """Sees the connection end and, after a TLS 1.3 handshake, the server's first word on it:
+    `verdict` gets None for a session ticket or data (accepted), the alert if it refused us."""
+
+    def __init__(self, closed: asyncio.Future[None], verdict: asyncio.Future[BaseException | None]):
         self._closed = closed
+        self._verdict = verdict
+
+    def data_received(self, data: bytes) -> None:
+        if not self._verdict.done():
+            self._verdict.set_result(None)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if not self._verdict.done():
+            self._verdict.set_result(exc)
         if not self._closed.done():
             self._closed.set_result(None)
+
+
+# How long a TLS 1.3 server may take to send its verdict (a session ticket, or an alert refusing
+# our certificate) after our handshake is done, as a multiple of the handshake: it needs half a
+# round trip, the handshake took at least one. Past it the handshake counts as accepted.
+_VERDICT_WAIT = 2.0
+_VERDICT_MIN = 0.05
+
+
+async def _server_verdict(
+    verdict: asyncio.Future[BaseException | None], handshake: float
+) -> BaseException | None:
+    """The server's refusal, if it sends one in time (see `_VERDICT_WAIT`)."""
+    try:
+        async with asyncio.timeout(max(_VERDICT_MIN, _VERDICT_WAIT * handshake)):
+            return await verdict
+    except TimeoutError:
+        return None  # no ticket, no alert: servers with tickets off say nothing; accepted
 
 
 async def _close(transport: asyncio.Transport, closed: asyncio.Future[None]) -> None:
@@ -114,6 +209,38 @@ async def _close(transport: asyncio.Transport, closed: asyncio.Future[None]) -> 
     finally:
         if not closed.done():
             transport.abort()
+
+
+async def refusal_on_second_look(target: Target, tls: TLSBinding) -> str | None:
+    """Why the server refused us, learnt from one more handshake that waits for its verdict.
+
+    An https request after a TLS 1.3 handshake races the server's alert: the server closes with
+    our request unread, so the kernel may answer with a reset that discards the alert before we
+    read it. The probe has failed either way; this only finds out which side refused and why.
+    """
+    recorder = replace(tls.recorder)
+    recorder.new_attempt()
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    verdict: asyncio.Future[BaseException | None] = loop.create_future()
+    recorder.after_handshake = lambda alert: None if verdict.done() else verdict.set_result(alert)
+    try:
+        with recording_into(recorder):
+            transport, _ = await loop.create_connection(
+                lambda: _Watch(closed, verdict),
+                target.host.strip("[]"),
+                target.port,
+                ssl=tls.context,
+                server_hostname=sni(target) or "",
+            )
+    except (ssl.SSLError, OSError) as exc:
+        return server_refusal(recorder, exc)
+    try:
+        started = recorder.started or time.perf_counter()
+        refused = await _server_verdict(verdict, time.perf_counter() - started)
+    finally:
+        transport.abort()
+    return server_refusal(recorder, refused) if refused is not None else None
 
 
 def _record(attempt: Attempt, recorder: HandshakeRecorder) -> None:
@@ -138,10 +265,17 @@ async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRes
         return attempt.result(exc.reason, exc.detail)
     loop = asyncio.get_running_loop()
     closed: asyncio.Future[None] = loop.create_future()
+    verdict: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def heard(alert: ssl.SSLError | None) -> None:
+        if not verdict.done():
+            verdict.set_result(alert)
+
+    recorder.after_handshake = heard
     try:
         with recording_into(recorder):
             transport, _ = await loop.create_connection(
-                lambda: _Watch(closed),
+                lambda: _Watch(closed, verdict),
                 sock=sock,
                 ssl=tls.context,
                 server_hostname=sni(target) or "",
@@ -160,7 +294,22 @@ async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRes
         raise
     attempt.tcp = None  # the connect's reading is superseded by this later, cumulative one
     attempt.note_tcp(sock)
-    result = attempt.result()
+    handshaken = time.perf_counter()
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is not None and ssl_object.version() == "TLSv1.3":
+        # A TLS 1.3 client is done before the server has judged its certificate; the server's
+        # refusal (an alert) comes after. Wait for its first word, so that a refused client is
+        # not reported as a success; the duration still ends with the handshake.
+        started = recorder.started if recorder.started is not None else handshaken
+        refused = await _server_verdict(verdict, handshaken - started)
+        if refused is not None:
+            transport.abort()
+            detail = server_refusal(recorder, refused)
+            if detail is not None:
+                return attempt.result(Reason.TLS_HANDSHAKE, detail)
+            return attempt.result(Reason.RESET, f"connection lost after the handshake: {refused}")
+    recorder.after_handshake = None
+    result = attempt.result(ended=handshaken)
     # The verdict is in; closing politely is the server's courtesy, not part of the measurement.
     env.spawn(_close(transport, closed))
     return result

@@ -27,7 +27,7 @@ import contextlib
 import contextvars
 import ssl
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -78,12 +78,20 @@ class HandshakeRecorder:
     trust_domain: str | None = None
     trust_domain_aliases: frozenset[str] = frozenset()  # more trust domains accepted as ours
     enforce: bool = True  # False for insecure_skip_verify: record the verdict, never fail on it
+    # The client certificate this attempt presents (its identity), or why it presents none when
+    # the target names one: what a server's refusal is about.
+    client_identity: str | None = None
+    client_problem: str | None = None
     started: float | None = None  # perf_counter at the first do_handshake call of the connection
     finished: float | None = None
     report: TLSReport | None = None
     rejected: bool = False
     fault: BaseException | None = None
     verdicts: VerdictCache | None = None  # shared by the probes of one ProbeEnv
+    # Told of the first record after the handshake (None: a session ticket or data; else the
+    # server's alert). In TLS 1.3 the server judges our certificate after our handshake is done,
+    # so its refusal only arrives then; set by probes that wait for that verdict.
+    after_handshake: Callable[[ssl.SSLError | None], None] | None = None
 
     def new_attempt(self) -> None:
         """Forget per-attempt state; `report` stays, so a reused connection keeps its verdict."""
@@ -175,6 +183,29 @@ class _RecordingSSLObject(ssl.SSLObject):
         if not report.verified and recorder.enforce:
             recorder.rejected = True
             raise TrustRejected(report)
+
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:  # ssl's own parameter names
+        """Pass on the first post-handshake record's meaning to `after_handshake`, if asked."""
+        recorder = self._mp_recorder
+        if recorder is None or recorder.after_handshake is None:
+            return super().read(len, buffer)
+        notify = recorder.after_handshake
+        try:
+            data = super().read(len, buffer)
+        except ssl.SSLWantReadError:
+            session = self.session
+            if session is not None and session.has_ticket:  # a ticket: the server accepted us
+                recorder.after_handshake = None
+                notify(None)
+            raise
+        except ssl.SSLError as exc:
+            recorder.after_handshake = None
+            notify(exc)
+            raise
+        recorder.after_handshake = None
+        notify(None)
+        return data
 
 
 class RecordingContext(ssl.SSLContext):

@@ -197,6 +197,8 @@ def cmd_probe(args: argparse.Namespace) -> int:
             identity=args.identity,
             timeout=args.timeout,
             insecure=args.insecure,
+            cert_file=args.cert_file,
+            key_file=args.key_file,
         )
     )
 
@@ -252,6 +254,10 @@ def build_parser() -> argparse.ArgumentParser:
     probe.add_argument(
         "--insecure", action="store_true", help="report the chain and verdict but do not fail on it"
     )
+    probe.add_argument(
+        "--cert-file", help="client certificate (PEM chain, leaf first) for mTLS servers"
+    )
+    probe.add_argument("--key-file", help="the client certificate's unencrypted PEM key")
     probe.set_defaults(func=cmd_probe)
 
     demo = sub.add_parser("demo", help="two simulated clusters on loopback, live table")

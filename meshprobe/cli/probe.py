@@ -7,11 +7,13 @@ reject is rejected here with the same message.
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from meshprobe.cli.report import render
 from meshprobe.config.settings import ConfigError, format_issues, load_settings_from_mapping
+from meshprobe.model import Target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.trust.anchors import TrustAnchors
 
@@ -23,6 +25,18 @@ def _with_scheme(url: str, kind: str | None) -> str:
     return urlunsplit((kind, *parts[1:]))
 
 
+def _client_line(target: Target, env: ProbeEnv) -> str | None:
+    """What we presented, so a refusal can be read against it."""
+    files = target.tls.client_pair
+    if files is None:
+        return None
+    pair = env.client_pair(target)
+    if pair is None:
+        return f"none ({env.clients.source(*files).error})"
+    expires = datetime.fromtimestamp(pair.not_after, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"{pair.identity}, expires {expires}"
+
+
 async def probe_once(
     url: str,
     *,
@@ -31,11 +45,24 @@ async def probe_once(
     identity: str | None = None,
     timeout: str = "5s",  # noqa: ASYNC109 - the probe's own budget, applied by run_probe
     insecure: bool = False,
+    cert_file: str | None = None,
+    key_file: str | None = None,
 ) -> int:
     url = _with_scheme(url, kind)
     spec: dict[str, Any] = {"name": "cli", "url": url, "timeout": timeout}
     if urlsplit(url).scheme in ("https", "tls"):
-        spec["tls"] = {"identity": identity, "ca_file": ca_file, "insecure_skip_verify": insecure}
+        spec["tls"] = {
+            "identity": identity,
+            "ca_file": ca_file,
+            "insecure_skip_verify": insecure,
+            "cert_file": cert_file,
+            "key_file": key_file,
+        }
+    elif cert_file or key_file:
+        print(
+            "--cert-file/--key-file: only https:// and tls:// probes present one", file=sys.stderr
+        )
+        return 2
     try:
         settings = load_settings_from_mapping(
             {"cluster": "cli", "defaults": {"interval": "1h"}, "targets": [spec]}
@@ -51,7 +78,8 @@ async def probe_once(
     env = await ProbeEnv.create(source_cluster="cli", anchors=anchors, trust_domain=None)
     try:
         result = await run_probe(target, env)
+        client = _client_line(target, env)
     finally:
         await env.aclose()
-    print(render(target, result))
+    print(render(target, result, client=client))
     return 0 if result.success else 1

@@ -35,13 +35,18 @@ def _cert_lines(cert: CertSummary, now: float) -> list[str]:
     return lines
 
 
-def render(target: Target, result: ProbeResult, *, now: float | None = None) -> str:
+def render(
+    target: Target, result: ProbeResult, *, now: float | None = None, client: str | None = None
+) -> str:
+    """`client`: the client certificate presented (or why none), for a target that names one."""
     now = now if now is not None else datetime.now(UTC).timestamp()
     verdict = "SUCCESS" if result.success else f"FAILED ({result.reason})"
     shown = target.shown_url
     lines = [f"{target.kind.value} probe of {shown}: {verdict} in {_ms(result.duration)}"]
     if result.detail:
         lines.append(f"  detail: {result.detail}")
+    if client is not None:
+        lines.append(f"  client certificate: {client}")
     lines.append("phases:")
     for phase in KIND_PHASES[target.scheme]:
         value = result.phases.get(phase)

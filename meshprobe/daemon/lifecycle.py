@@ -121,6 +121,7 @@ class Daemon:
             trust_domain=settings.trust.trust_domain,
         )
         self._env.trust_domain_aliases = settings.trust.accepted_aliases()
+        self.status.client_certs = self._env.clients
         env = self._env
         self._scheduler = Scheduler(
             run=lambda target: run_probe(target, env),
@@ -333,6 +334,7 @@ class Daemon:
                 log.warning("discovered target conflicts with another, skipped", detail=line)
             self._conflicts = conflicts
         before = self._scheduler.targets
+        self._load_client_certs(targets)
         self.state.set_targets(targets)
         added, removed = self._scheduler.reconcile(targets)
         for target in before - set(targets):
@@ -340,6 +342,16 @@ class Daemon:
         if added or removed:
             log.info("targets reconciled", added=added, removed=removed, total=len(targets))
         Hooks.call(self.hooks.reconciled, added, removed)
+
+    def _load_client_certs(self, targets: list[Target]) -> None:
+        """The pairs the targets name, loaded now rather than at their first probe (their
+        metrics and a bad pair's log line come at once); pairs no target names are forgotten."""
+        assert self._env is not None
+        clients = self._env.clients
+        pairs = {p for t in targets if (p := t.tls.client_pair) is not None}
+        clients.retain(pairs)
+        for pair in sorted(pairs):
+            clients.source(*pair).current()
 
     # -- results -------------------------------------------------------------------------------
 

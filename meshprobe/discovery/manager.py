@@ -48,6 +48,7 @@ def target_defaults(settings: Settings) -> TargetDefaults:
         budget_remote=d.budget.remote,
         body_limit=d.body_limit,
         metrics=d.metrics(None, None),
+        client_cert=d.tls.pair(),
     )
 
 

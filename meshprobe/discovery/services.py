@@ -61,6 +61,7 @@ class TargetDefaults:
     body_limit: int
     address: str = "dns"  # or "cluster-ip"
     metrics: MetricOptions = field(default_factory=MetricOptions)
+    client_cert: tuple[str, str] | None = None  # defaults.tls: for https and tls Services
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,6 +228,7 @@ def build_target(
         if PATH in annotations:
             raise AnnotationError(PATH, f"{scheme} probes take no path")
         url = f"{scheme}://{_url_host(host)}:{number}"
+    client = defaults.client_cert if scheme in ("https", "tls") else None
     identity = annotations.get(IDENTITY)
     if identity is not None:
         identity = identity.strip()
@@ -247,7 +249,11 @@ def build_target(
             remote_budget=defaults.budget_remote,
             body_limit=defaults.body_limit,
             metrics=defaults.metrics,
-            tls=TLSOptions(identity=identity),
+            tls=TLSOptions(
+                identity=identity,
+                cert_file=client[0] if client is not None else None,
+                key_file=client[1] if client is not None else None,
+            ),
             discovery=SOURCE_LINKERD if cluster is not None else SOURCE_SERVICES,
         )
     except TimeoutOverInterval as exc:

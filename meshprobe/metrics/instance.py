@@ -46,6 +46,7 @@ class MeshprobeCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         # The per-edge families are rendered by meshprobe.metrics.edges (fast, in slices).
         yield from self._instance_families()
+        yield from self._client_cert_families()
         yield from self._peer_families()
 
     def _gauge(self, name: str, documentation: str, value: float) -> GaugeMetricFamily:
@@ -145,6 +146,37 @@ class MeshprobeCollector(Collector):
                 "Certificates of the trust bundle skipped as unusable roots (logged once a load).",
                 float(status.bundle.skipped),
             )
+
+    def _client_cert_families(self) -> Iterator[Metric]:
+        """Our client certificates, by file: what presents our mesh identity to STRICT-mTLS
+        servers. A pair never loaded has no expiry series, only a failing reload."""
+        sources = list(self._status.client_certs)
+        if not sources:
+            return
+        labels = ["source_cluster", "cert_file"]
+        expiry = GaugeMetricFamily(
+            m.CLIENT_CERT_EXPIRY, "NotAfter of the client certificate in use.", labels=labels
+        )
+        issued = GaugeMetricFamily(
+            m.CLIENT_CERT_NOT_BEFORE,
+            "NotBefore of the client certificate in use (with NotAfter: its lifetime).",
+            labels=labels,
+        )
+        reload = GaugeMetricFamily(
+            m.CLIENT_CERT_RELOAD_SUCCESS,
+            "0 while the client certificate files hold a pair that cannot be used "
+            "(half-written, mismatched, missing): the previous pair stays in use.",
+            labels=labels,
+        )
+        for source in sources:
+            key = [self._source, source.cert_file]
+            if source.pair is not None:
+                expiry.add_metric(key, source.pair.not_after)
+                issued.add_metric(key, source.pair.not_before)
+            reload.add_metric(key, 1.0 if source.reload_success else 0.0)
+        yield expiry
+        yield issued
+        yield reload
 
     def _peer_families(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(

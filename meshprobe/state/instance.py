@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from meshprobe.state.histogram import LOOP_LAG_BUCKETS, Histogram
 from meshprobe.trust.anchors import TrustAnchors
+from meshprobe.trust.clientcert import ClientCertificates
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,8 @@ class InstanceStatus:
     bundle_reload_timestamp: float = 0.0
     discovery: DiscoveryHealth = field(default_factory=DiscoveryHealth)
     peers: dict[str, PeerStatus] = field(default_factory=dict)  # by peer cluster
+    # The client certificates the targets present (owned by the probe environment).
+    client_certs: ClientCertificates = field(default_factory=ClientCertificates)
 
     def our_roots(self) -> frozenset[str] | None:
         """Fingerprints of our roots; None without a configured bundle (system roots)."""

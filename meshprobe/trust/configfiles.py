@@ -18,6 +18,7 @@ import os
 from meshprobe.config.errors import ConfigError, ConfigIssue
 from meshprobe.config.settings import Settings
 from meshprobe.trust.anchors import TrustAnchors
+from meshprobe.trust.clientcert import load_pair
 from meshprobe.trust.pem import shown
 
 __all__ = ["file_warnings", "load_trust_bundle"]
@@ -70,6 +71,7 @@ def file_warnings(settings: Settings) -> list[ConfigIssue]:
         if (problem := verdicts[path]) is not None:
             reason = f"{problem} (this target's probes will fail with tls_untrusted)"
             out.append(ConfigIssue(f"targets.{index}.tls.ca_file", reason))
+    out += _client_cert_warnings(settings)
     kube = settings.discovery.kubernetes
     uses_kube = kube.enabled or settings.trust.configmap is not None
     if uses_kube and kube.kubeconfig is not None and not _any_exists(kube.kubeconfig):
@@ -78,6 +80,33 @@ def file_warnings(settings: Settings) -> list[ConfigIssue]:
             "the pod stays unready until it appears)"
         )
         out.append(ConfigIssue("discovery.kubernetes.kubeconfig", reason))
+    return out
+
+
+def _client_cert_warnings(settings: Settings) -> list[ConfigIssue]:
+    """Client certificate pairs that cannot be used now: a warning, not an error, because in a
+    mesh the sidecar writes them after the pod starts (Istio's OUTPUT_CERTS)."""
+    named: list[tuple[str, tuple[str, str]]] = []
+    if (pair := settings.defaults.tls.pair()) is not None:
+        named.append(("defaults.tls", pair))
+    for index, spec in enumerate(settings.targets):
+        if spec.tls is not None and (pair := spec.tls.pair()) is not None:
+            named.append((f"targets.{index}.tls", pair))
+    out: list[ConfigIssue] = []
+    verdicts: dict[tuple[str, str], str | None] = {}
+    for where, pair in named:
+        if pair not in verdicts:
+            try:
+                load_pair(*pair)
+                verdicts[pair] = None
+            except ValueError as exc:
+                verdicts[pair] = str(exc)
+        if (problem := verdicts[pair]) is not None:
+            reason = (
+                f"{problem} (probes go without a client certificate until the files hold a good "
+                "pair; servers that require one refuse them)"
+            )
+            out.append(ConfigIssue(f"{where}.cert_file", reason))
     return out
 
 

@@ -184,7 +184,6 @@ class _RecordingSSLObject(ssl.SSLObject):
             recorder.rejected = True
             raise TrustRejected(report)
 
-
     def read(self, len: int = 1024, buffer: Any = None) -> Any:  # ssl's own parameter names
         """Pass on the first post-handshake record's meaning to `after_handshake`, if asked."""
         recorder = self._mp_recorder

@@ -22,6 +22,7 @@ import pytest
 
 from meshprobe.demo import pki
 from tests.integration.daemonkit import responder, write_config
+from tests.integration.mtlsserver import MTLSServer
 
 MESHPROBE = [sys.executable, "-m", "meshprobe"]
 ENV = {k: v for k, v in os.environ.items() if not k.startswith("MESHPROBE_")}
@@ -224,3 +225,29 @@ def test_demo_with_prometheus_prints_the_stack_urls() -> None:
     assert "prometheus: http://127.0.0.1:" in out.stdout
     assert "alertmanager: http://127.0.0.1:" in out.stdout
     assert "shortened 60x" in out.stdout
+
+
+def test_probe_presents_a_client_certificate_and_says_which_side_refused(tmp_path: Path) -> None:
+    root = pki.make_root("mtls test root")
+    server = pki.make_leaf(
+        root, None, uris=["spiffe://cluster.local/ns/a/sa/server"], ip_addresses=["127.0.0.1"]
+    )
+    ours = pki.make_leaf(root, None, uris=["spiffe://cluster.local/ns/a/sa/prober"])
+    bundle, cert, key = tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"
+    pki.write_bundle(bundle, [root])
+    cert.write_bytes(ours.cert_pem())
+    key.write_bytes(ours.key_pem())
+    with MTLSServer(server, [], root) as srv:
+        common = ["--ca-file", str(bundle), "--identity", "spiffe://cluster.local/ns/a/sa/server"]
+        accepted = run(
+            "probe", srv.url("tls"), *common, "--cert-file", str(cert), "--key-file", str(key)
+        )
+        refused = run("probe", srv.url("https"), *common)
+    assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+    assert "SUCCESS" in accepted.stdout
+    assert "client certificate: spiffe://cluster.local/ns/a/sa/prober, expires " in accepted.stdout
+    assert refused.returncode == 1
+    assert "FAILED (tls_handshake)" in refused.stdout
+    assert "the server refused us: it requires a client certificate and we presented none" in (
+        refused.stdout
+    )

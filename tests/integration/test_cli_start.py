@@ -165,3 +165,33 @@ def test_run_on_a_taken_listen_address_exits_1_without_a_traceback(tmp_path: Pat
         f"meshprobe: cannot start: listen: cannot listen on 127.0.0.1:{port}: "
         "Address already in use"
     ) in out.stderr
+
+
+def test_check_warns_about_a_client_certificate_it_cannot_use_yet(tmp_path: Path) -> None:
+    """In a mesh the sidecar writes the pair after start: absent or mismatched files warn (probes
+    go without a certificate meanwhile), they do not stop `run`."""
+    root = pki.make_root("mesh root")
+    one, other = pki.make_leaf(root, "one"), pki.make_leaf(root, "other")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(one.cert_pem())
+    key.write_bytes(other.key_pem())
+    config = _config(
+        tmp_path,
+        defaults={"tls": {"cert_file": "/etc/istio-output-certs/cert-chain.pem",
+                          "key_file": "/etc/istio-output-certs/key.pem"}},
+        targets=[
+            {"name": "a/mtls", "url": "https://127.0.0.1:1/"},
+            {"name": "a/own", "url": "tls://127.0.0.1:1",
+             "tls": {"cert_file": str(cert), "key_file": str(key)}},
+        ],
+    )  # fmt: skip
+    out = run("check", "--config", str(config))
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.splitlines() == [
+        "warning: defaults.tls.cert_file: /etc/istio-output-certs/cert-chain.pem: no such file "
+        "(probes go without a client certificate until the files hold a good pair; servers that "
+        "require one refuse them)",
+        f"warning: targets.1.tls.cert_file: {key} is not the key of the certificate in {cert} "
+        "(one of them was replaced and the other not yet?) (probes go without a client "
+        "certificate until the files hold a good pair; servers that require one refuse them)",
+    ]

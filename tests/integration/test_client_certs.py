@@ -16,10 +16,12 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.hashes import SHA256
+from structlog.testing import capture_logs
 
 from meshprobe.demo import pki
 from meshprobe.model import Reason, Target
 from meshprobe.probes import ProbeEnv, run_probe
+from tests.integration.daemonkit import probed_daemon, samples, scrape_daemon
 from tests.integration.faults import SPIFFE_ID, TestPki, make_target
 from tests.integration.mtlsserver import MTLSServer
 
@@ -226,3 +228,51 @@ async def test_a_pair_that_was_never_good_probes_without_and_says_why(
     assert result.reason is Reason.TLS_HANDSHAKE, result.detail
     assert "we presented none (ours is unusable:" in result.detail
     assert "is not the key of the certificate" in result.detail
+
+
+async def test_the_daemon_exports_its_client_certificate_and_a_failing_reload(
+    test_pki: TestPki, tmp_path: Path, server_factory: ServerFactory
+) -> None:
+    """`defaults.tls` gives every https and tls target the pair; its expiry and reload health are
+    instance metrics, and a broken rewrite is logged once while the old pair keeps working."""
+    leaf = client(test_pki.intermediate)
+    cert, key = write_pair(tmp_path, leaf, test_pki.intermediate)
+    bundle = tmp_path / "bundle.pem"
+    bundle.write_bytes(test_pki.root.cert_pem())
+    with server_factory(ssl.TLSVersion.TLSv1_3) as srv:
+        config = {
+            "cluster": "cluster1",
+            "listen": "127.0.0.1:0",
+            "defaults": {
+                "interval": "1s",
+                "timeout": "900ms",
+                "tls": {"cert_file": str(cert), "key_file": str(key)},
+            },
+            "trust": {"bundle_file": str(bundle)},
+            "targets": [
+                {"name": "mesh/https", "url": srv.url("https"), "tls": {"identity": SPIFFE_ID}},
+                {"name": "mesh/tls", "url": srv.url("tls"), "tls": {"identity": SPIFFE_ID}},
+            ],
+        }
+        names = ["mesh/https", "mesh/tls"]
+        async with probed_daemon(tmp_path / "config.yaml", config) as (daemon, rounds):
+            assert all(rounds.last[n].success for n in names), rounds.last
+            text = await scrape_daemon(daemon)
+            labels = {"source_cluster": "cluster1", "cert_file": str(cert)}
+            expiry = leaf.cert.not_valid_after_utc.timestamp()
+            assert samples(text, "meshprobe_client_cert_expiry_timestamp_seconds") == [
+                (labels, expiry)
+            ]
+            assert samples(text, "meshprobe_client_cert_reload_success") == [(labels, 1.0)]
+            with capture_logs() as logs:
+                key.write_bytes(leaf.key_pem()[:50])  # half-written
+                await rounds.wait(names, at_least=3)
+            assert all(rounds.last[n].success for n in names), rounds.last
+            text = await scrape_daemon(daemon)
+            assert samples(text, "meshprobe_client_cert_reload_success") == [(labels, 0.0)]
+            assert samples(text, "meshprobe_client_cert_expiry_timestamp_seconds") == [
+                (labels, expiry)
+            ]
+            rejected = [e for e in logs if e["event"].startswith("client certificate rejected")]
+            assert len(rejected) == 1, rejected
+            assert "BEGIN" not in repr(rejected)  # the file is named, its content never shown

@@ -181,12 +181,51 @@ def test_unknown_scheme(tmp_path: Path) -> None:
         ('{name: a, url: "http://a/x\\r\\nHost: b"}', "targets.0.url", "control character"),
         ("{name: a, url: 'http://a:0/'}", "targets.0.url", "port 0"),
         ("{name: a, url: 'tcp://a:0'}", "targets.0.url", "port 0"),
+        (
+            "{name: a, url: 'https://a', tls: {cert_file: /c.pem}}",
+            "targets.0.tls.key_file",
+            "cert_file and key_file go together",
+        ),
+        (
+            "{name: a, url: 'tls://a:1', tls: {key_file: /k.pem}}",
+            "targets.0.tls.cert_file",
+            "go together",
+        ),
+        ("{name: a, url: 'https://a', tls: {alpn: []}}", "targets.0.tls.alpn", "at least one"),
+        ("{name: a, url: 'https://a', tls: {alpn: ['']}}", "targets.0.tls.alpn", "ALPN"),
     ],
 )
 def test_target_field_errors(tmp_path: Path, target: str, path: str, fragment: str) -> None:
     issues = issues_of(write(tmp_path, f"cluster: c1\ntargets: [{target}]\n"))
     assert list(issues) == [path]
     assert fragment in issues[path]
+
+
+def test_defaults_client_certificate_goes_to_https_and_tls_targets_only(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        cluster: c1
+        defaults:
+          tls: {cert_file: /certs/cert-chain.pem, key_file: /certs/key.pem}
+        targets:
+          - {name: a, url: "https://a"}
+          - {name: b, url: "tls://b:443", tls: {alpn: [h2], identity: spiffe://td/ns/b/sa/b}}
+          - {name: c, url: "http://c"}
+          - {name: d, url: "https://d", tls: {cert_file: /own/c.pem, key_file: /own/k.pem}}
+        """,
+    )
+    a, b, c, d = load_settings(path, environ={}).build_targets()
+    default = ("/certs/cert-chain.pem", "/certs/key.pem")
+    assert a.tls.client_pair == default and a.tls.alpn is None
+    assert b.tls.client_pair == default and b.tls.alpn == ("h2",)
+    assert c.tls.client_pair is None  # plain http goes through the sidecar, not as a client
+    assert d.tls.client_pair == ("/own/c.pem", "/own/k.pem")
+
+
+def test_defaults_client_certificate_needs_both_files(tmp_path: Path) -> None:
+    issues = issues_of(write(tmp_path, "cluster: c1\ndefaults: {tls: {cert_file: /c.pem}}\n"))
+    assert "go together" in issues["defaults.tls.key_file"]
 
 
 def test_tls_options_allowed_on_https_and_tls(tmp_path: Path) -> None:

@@ -33,6 +33,8 @@ ALERTS = {
     "MeshprobeCAMismatch",
     "MeshprobeTLSVerificationFailing",
     "MeshprobeCertificateExpiringSoon",
+    "MeshprobeClientCertificateExpiring",
+    "MeshprobeClientCertificateReloadFailing",
     "MeshprobePeerUnreachable",
     "MeshprobeFailoverActive",
     "MeshprobeDiscoveryFailing",
@@ -166,6 +168,14 @@ MUTATIONS = [
         "peers_failover",
     ),
     ("failover of the own cluster", '"$1", "target_cluster"', '"$1", "scope"', "peers_failover"),
+    ("client fifth", "< 0.2 * (", "< 0.1 * (", "client_cert"),
+    ("client hour", "time() < 3600", "time() < 1800", "client_cert"),
+    (
+        "client reload for",
+        "success == 0\n        for: 15m",
+        "success == 0\n        for: 20m",
+        "client_cert",
+    ),
     ("discovery errors", ">= 10", "> 10", "self_health"),
     ("lag threshold", "> 0.025", "> 0.04", "self_health"),
     ("absent job", 'job=~".*meshprobe.*"', 'job="meshprobe"', "self_health"),
@@ -252,6 +262,8 @@ def test_descriptions_name_the_clusters_and_target_their_labels_carry() -> None:
         "MeshprobePeerUnreachable": "peer",
         "MeshprobeDiscoveryFailing": "instance",
         "MeshprobeEventLoopLagHigh": "instance",
+        "MeshprobeClientCertificateExpiring": "instance",
+        "MeshprobeClientCertificateReloadFailing": "instance",
         "MeshprobeAbsent": None,
     }
     for rule in alerting_rules():

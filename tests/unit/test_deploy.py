@@ -564,6 +564,22 @@ def test_mesh_injection(docs: list[Obj], variant: tuple[str, str]) -> None:
         assert "linkerd.io/inject" not in annotations
         config = json.loads(annotations["proxy.istio.io/config"])
         assert config["holdApplicationUntilProxyStarts"] is True
+        # The workload certificate, written by the sidecar's agent into a shared in-memory
+        # volume (Istio's recipe for Prometheus), is meshprobe's client certificate.
+        out = config["proxyMetadata"]["OUTPUT_CERTS"]
+        (user_mount,) = json.loads(annotations["sidecar.istio.io/userVolumeMount"])
+        assert user_mount["mountPath"] == out
+        pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+        volume = next(v for v in pod["volumes"] if v["name"] == user_mount["name"])
+        assert volume["emptyDir"]["medium"] == "Memory"
+        mounts = {
+            m["name"]: m["mountPath"] for m in container(one(docs, "Deployment"))["volumeMounts"]
+        }
+        assert mounts[user_mount["name"]] == out
+        env = pod_env(one(docs, "Deployment"))
+        assert env["MESHPROBE_DEFAULTS__TLS__CERT_FILE"] == f"{out}/cert-chain.pem"
+        assert env["MESHPROBE_DEFAULTS__TLS__KEY_FILE"] == f"{out}/key.pem"
+        assert "15443" in annotations["traffic.sidecar.istio.io/excludeOutboundPorts"].split(",")
 
 
 def test_network_policy_allows_scrapes_and_peers_only(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import structlog
 
@@ -19,6 +20,7 @@ from meshprobe.trust.pem import read_pem_file, shown
 
 log = structlog.get_logger(__name__)
 _LOGGED_ROOTS = 10
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,60 +30,68 @@ class _Reading:
     error: str | None
 
 
-class KeepLastGood:
-    """The one policy every trust-bundle source follows (the file here, the ConfigMap in
-    `discovery.trustmap`): content that parses replaces the roots; content that does not, or its
-    absence, keeps the roots we had, because during a botched rotation probing on stale roots
-    beats probing on none. Each rejection reason is logged (and counted) once; `success` says
-    whether the source's current content is the one in use."""
+def _describe_roots(anchors: TrustAnchors) -> dict[str, object]:
+    fingerprints = sorted(anchors.fingerprints())
+    # A few fingerprints identify a mesh bundle; an OS-sized one would make a huge line.
+    return {"root_count": len(fingerprints), "roots": fingerprints[:_LOGGED_ROOTS]}
+
+
+class KeepLastGood(Generic[T]):
+    """The one policy every file-backed trust input follows (the bundle file here, the ConfigMap
+    in `discovery.trustmap`, our client certificate in `clientcert`): content that parses replaces
+    what is in use; content that does not, or its absence, keeps what we had, because during a
+    botched rotation probing on stale roots (or a still-valid older certificate) beats probing on
+    none. Each rejection reason is logged (and counted) once; `success` says whether the source's
+    current content is the one in use. `what` names the input in the log lines ("trust bundle")
+    and `kept` what a rejection keeps ("the previous roots")."""
 
     def __init__(
         self,
         *,
         source: str,
-        adopt: Callable[[TrustAnchors], None],
+        adopt: Callable[[T], None],
         on_rejected: Callable[[], None] | None = None,
         initial: bytes | None = None,
+        what: str = "trust bundle",
+        kept: str = "the previous roots",
+        describe: Callable[[T], dict[str, object]] | None = None,
+        source_key: str = "source",
     ) -> None:
         self.source = source
         self._adopt = adopt
         self._on_rejected = on_rejected
-        self._good = initial  # the content our roots came from
-        self._rejected: str | None = None  # the last reason, so each is logged once
+        self._good = initial  # the content in use came from
+        self.rejected: str | None = None  # the last reason, so each is logged once
         self.success = True
+        self._what, self._kept, self._describe = what, kept, describe
+        self._source_key = source_key
 
     def in_use(self, content: bytes) -> bool:
         return content == self._good
 
     def keep(self) -> None:
         """The source shows the content in use (again, e.g. a bad replacement rolled back)."""
-        self._rejected = None
+        self.rejected = None
         self.success = True
 
-    def adopt(self, content: bytes, anchors: TrustAnchors) -> None:
+    def adopt(self, content: bytes, value: T) -> None:
         self._good = content
         self.keep()
-        self._adopt(anchors)
-        fingerprints = sorted(anchors.fingerprints())
-        # A few fingerprints identify a mesh bundle; an OS-sized one would make a huge line.
-        log.info(
-            "trust bundle loaded",
-            source=self.source,
-            root_count=len(fingerprints),
-            roots=fingerprints[:_LOGGED_ROOTS],
-        )
+        self._adopt(value)
+        fields = self._describe(value) if self._describe is not None else {}
+        log.info(f"{self._what} loaded", **{self._source_key: self.source}, **fields)
 
     def reject(self, reason: str) -> None:
-        if reason != self._rejected:
+        if reason != self.rejected:
             log.error(
-                "trust bundle rejected, keeping the previous roots",
-                source=self.source,
+                f"{self._what} rejected, keeping {self._kept}",
+                **{self._source_key: self.source},
                 reason=reason,
-                have_roots=self._good is not None,
+                have_previous=self._good is not None,
             )
             if self._on_rejected is not None:
                 self._on_rejected()
-        self._rejected = reason
+        self.rejected = reason
         self.success = False
 
 
@@ -91,7 +101,9 @@ class BundleWatcher:
     def __init__(self, path: str, *, on_change: Callable[[TrustAnchors], None]) -> None:
         self.path = path
         self._seen = read_pem_file(path)  # the last content read, good or not
-        self._policy = KeepLastGood(source=path, adopt=on_change, initial=self._seen)
+        self._policy: KeepLastGood[TrustAnchors] = KeepLastGood(
+            source=path, adopt=on_change, initial=self._seen, describe=_describe_roots
+        )
 
     @property
     def success(self) -> bool:

@@ -6,10 +6,11 @@ of the lifetime. So the pair is looked at before every probe that uses it (two `
 few microseconds) and re-read when either file changed, or after `RECHECK` seconds in any case
 (a rewrite within one mtime tick at the same size must not go unseen for ever).
 
-The policy is the trust bundle's (`bundlesource.KeepLastGood`): a pair that does not parse (a
-half-written key) or does not match (the certificate rotated, the key not yet) keeps the pair in
-use, logged once per reason and visible as `reload_success = False`; the next change is tried
-again. A pair that was never good leaves the probe without a certificate, and the probe says so.
+The policy is the trust bundle's, the same code (`bundlesource.KeepLastGood`): a pair that does
+not parse (a half-written key) or does not match (the certificate rotated, the key not yet) keeps
+the pair in use, logged once per reason and visible as `reload_success = False`; the next change
+is tried again. A pair that was never good leaves the probe without a certificate, and the probe
+says so.
 
 OpenSSL loads a certificate and key only from a file. The validated bytes are handed to it through
 an anonymous in-memory file (`memfd_create`), never a file on disk: what OpenSSL loads is exactly
@@ -34,6 +35,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 from meshprobe.model import CertRole
+from meshprobe.trust.bundlesource import KeepLastGood
 from meshprobe.trust.names import identity_of, summarize
 from meshprobe.trust.pem import read_pem_file, shown
 
@@ -96,8 +98,16 @@ def _anonymous_file(data: bytes) -> Iterator[str]:
 
 def load_pair(cert_file: str, key_file: str) -> ClientPair:
     """Read and check a pair; ValueError says what is wrong, naming the file, never its bytes."""
-    chain_pem = read_pem_file(cert_file, limit=_MAX_BYTES)
-    key_pem = read_pem_file(key_file, limit=_MAX_BYTES)
+    chain_pem, key_pem = _read(cert_file, key_file)
+    return parse_pair(cert_file, key_file, chain_pem, key_pem)
+
+
+def _read(cert_file: str, key_file: str) -> tuple[bytes, bytes]:
+    return read_pem_file(cert_file, limit=_MAX_BYTES), read_pem_file(key_file, limit=_MAX_BYTES)
+
+
+def parse_pair(cert_file: str, key_file: str, chain_pem: bytes, key_pem: bytes) -> ClientPair:
+    """Check a pair read from `cert_file` and `key_file` (named in errors, never quoted)."""
     try:
         chain = x509.load_pem_x509_certificates(chain_pem)
     except ValueError:
@@ -142,51 +152,70 @@ def _signature(path: str) -> tuple[int, int, int, int] | None:
     return (st.st_ino, st.st_dev, st.st_size, st.st_mtime_ns)
 
 
-@dataclass(eq=False)
-class ClientSource:
-    """One configured pair of files under the keep-last-good policy."""
+def _describe(pair: ClientPair) -> dict[str, object]:
+    return {
+        "identity": pair.identity,
+        "fingerprint_sha256": pair.fingerprint_sha256,
+        "not_after": int(pair.not_after),
+    }
 
-    cert_file: str
-    key_file: str
-    pair: ClientPair | None = None  # the pair in use; None until one was good
-    reload_success: bool = True  # the files on disk are the pair in use
-    error: str | None = None  # why the files on disk are not in use
-    checked_at: float = field(default=-1e18)  # monotonic time of the last read
-    _seen: tuple[object, ...] | None = None  # the files' stat signatures at the last read
+
+class ClientSource:
+    """One configured pair of files under the trust bundle's keep-last-good policy."""
+
+    def __init__(self, cert_file: str, key_file: str) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self.pair: ClientPair | None = None  # the pair in use; None until one was good
+        self.checked_at = -1e18  # monotonic time of the last read
+        self._seen: tuple[object, ...] | None = None  # the files' stat signatures then
+        self._policy: KeepLastGood[ClientPair] = KeepLastGood(
+            source=shown(cert_file),
+            adopt=self._use,
+            what="client certificate",
+            kept="the pair in use",
+            describe=_describe,
+            source_key="cert_file",
+        )
+
+    @property
+    def reload_success(self) -> bool:
+        """The files on disk hold the pair in use."""
+        return self._policy.success
+
+    @property
+    def error(self) -> str | None:
+        """Why the files on disk are not in use."""
+        return self._policy.rejected
 
     def current(self, now: float | None = None) -> ClientPair | None:
         """The pair to present now, re-read first when the files changed."""
         now = time.monotonic() if now is None else now
         seen = (_signature(self.cert_file), _signature(self.key_file))
         if seen != self._seen or now - self.checked_at >= RECHECK:
-            self._reload(seen, now)
+            self._seen, self.checked_at = seen, now
+            self._reload()
         return self.pair
 
-    def _reload(self, seen: tuple[object, ...], now: float) -> None:
-        self._seen, self.checked_at = seen, now
-        try:
-            pair = load_pair(self.cert_file, self.key_file)
-        except ValueError as exc:
-            reason = str(exc)
-            if reason != self.error:
-                log.error(
-                    "client certificate rejected, keeping the pair in use",
-                    cert_file=shown(self.cert_file),
-                    reason=reason,
-                    have_pair=self.pair is not None,
-                )
-            self.error, self.reload_success = reason, False
-            return
-        self.error, self.reload_success = None, True
-        if self.pair is None or pair.fingerprint_sha256 != self.pair.fingerprint_sha256:
-            log.info(
-                "client certificate loaded",
-                cert_file=shown(self.cert_file),
-                identity=pair.identity,
-                fingerprint_sha256=pair.fingerprint_sha256,
-                not_after=int(pair.not_after),
-            )
+    def _use(self, pair: ClientPair) -> None:
         self.pair = pair
+
+    def _reload(self) -> None:
+        policy = self._policy
+        try:
+            chain_pem, key_pem = _read(self.cert_file, self.key_file)
+        except ValueError as exc:
+            policy.reject(str(exc))
+            return
+        content = chain_pem + b"\0" + key_pem
+        if policy.in_use(content):
+            policy.keep()
+            return
+        try:
+            pair = parse_pair(self.cert_file, self.key_file, chain_pem, key_pem)
+        except ValueError as exc:
+            policy.reject(str(exc))
+            return
+        policy.adopt(content, pair)
 
 
 class ClientCertificates:

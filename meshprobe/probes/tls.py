@@ -302,12 +302,12 @@ async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRes
         # not reported as a success; the duration still ends with the handshake.
         started = recorder.started if recorder.started is not None else handshaken
         refused = await _server_verdict(verdict, handshaken - started)
-        if refused is not None:
+        detail = server_refusal(recorder, refused) if refused is not None else None
+        if detail is not None:
             transport.abort()
-            detail = server_refusal(recorder, refused)
-            if detail is not None:
-                return attempt.result(Reason.TLS_HANDSHAKE, detail)
-            return attempt.result(Reason.RESET, f"connection lost after the handshake: {refused}")
+            return attempt.result(Reason.TLS_HANDSHAKE, detail)
+        # Anything but an alert (an EOF, a reset) is no verdict on us: the handshake succeeded,
+        # and what a server does after it is its application's business, as before TLS 1.3.
     recorder.after_handshake = None
     result = attempt.result(ended=handshaken)
     # The verdict is in; closing politely is the server's courtesy, not part of the measurement.

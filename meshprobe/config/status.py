@@ -10,9 +10,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 __all__ = ["RECENT_RESULTS_MAX", "StatusSettings"]
 
-# Each kept result costs 13 bytes per edge plus the ring's fixed ~600 bytes (bench/
-# status_memory.py): 1,000 results at 10,000 edges would be 130 MB, past anything a prober
-# should hold for a page; 60 results at 10,000 edges are about 14 MB.
+# Each result kept costs 18 bytes per edge, plus about 560 bytes per edge for the ring itself
+# (bench/status_memory.py, tracemalloc): the default 60 at 10,000 edges is 16 MB; the bound, 1,000
+# at 10,000 edges, would be 180 MB, past anything a prober should hold for a page.
 RECENT_RESULTS_MAX = 1000
 
 
@@ -36,6 +36,6 @@ class StatusSettings(BaseModel):
         if not 1 <= value <= RECENT_RESULTS_MAX:
             raise ValueError(
                 f"must be 1..{RECENT_RESULTS_MAX}, got {value if value.bit_length() < 64 else '?'}"
-                f": each result kept costs 13 bytes per edge (60 at 10,000 edges: about 14 MB)"
+                ": each result kept costs 18 bytes per edge (60 at 10,000 edges: 16 MB)"
             )
         return value

@@ -5,10 +5,10 @@ incident wants "how is it doing right now": the success ratio, p50 and p99 over 
 minutes, the last results as a chart, and the last failures with their details. This keeps
 exactly that, per edge, in a fixed ring fed from the same place `ProbeState.record` is fed.
 
-Memory is what bounds it. A result is kept as 13 bytes (wall-clock time as a double, duration as
-a float32 — microsecond precision up to a minute — and a one-byte outcome code) in arrays made
-once per edge, instead of a reference to the `ProbeResult` (whose phases dict and detail would
-cost 30 times more). The last few failures keep their reason and a shortened detail; a failure
+Memory is what bounds it. A result is kept as 17 bytes (wall-clock time and duration as doubles,
+so "over budget" here is exactly what `ProbeState` counted, and a one-byte outcome code) in arrays
+made once per edge, instead of a reference to the `ProbeResult` (whose phases dict and detail
+would cost 20 times more). The last few failures keep their reason and a shortened detail; a failure
 that repeats itself only counts up, so a target down for hours holds one entry, not N.
 Everything runs on the event loop thread, like `ProbeState`.
 """
@@ -20,6 +20,7 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import compress
 
 from meshprobe.model import ProbeResult, Reason, Target
 
@@ -39,6 +40,7 @@ FAILURE_DETAIL_LIMIT = 256  # characters of a kept failure's detail (the last re
 # Outcome codes: 0 is success, i + 1 is the i-th Reason. One byte per result.
 _REASONS: tuple[Reason, ...] = tuple(Reason)
 _CODE = {reason: i + 1 for i, reason in enumerate(_REASONS)}
+_SUCCESS = (0).__eq__
 
 
 def nearest_rank(sorted_values: Sequence[float], q: float) -> float | None:
@@ -67,7 +69,7 @@ class Window:
 
     results: int
     successes: int
-    durations: tuple[float, ...]  # successful probes' durations, ascending
+    durations: Sequence[float]  # successful probes' durations, ascending
     since: float | None  # unix seconds of the oldest result kept
 
     def over(self, budget: float) -> int:
@@ -82,7 +84,7 @@ class Ring:
 
     def __init__(self, size: int) -> None:
         self._at = array("d", bytes(8 * size))
-        self._duration = array("f", bytes(4 * size))
+        self._duration = array("d", bytes(8 * size))
         self._code = bytearray(size)
         self._next = 0
         self._count = 0
@@ -133,12 +135,19 @@ class Ring:
         ]
 
     def window(self) -> Window:
-        if not self._count:
+        """Slots fill from 0 and wrap, so the first `count` slots are exactly the results kept,
+        in some order; only `since` needs to know where the oldest one is."""
+        n = self._count
+        if not n:
             return Window(0, 0, (), None)
-        code, duration = self._code, self._duration
-        order = list(self._order())
-        ok = sorted(duration[i] for i in order if not code[i])
-        return Window(self._count, len(ok), tuple(ok), self._at[order[0]])
+        full = n == len(self._code)
+        codes = self._code if full else self._code[:n]
+        durations = self._duration if full else self._duration[:n]
+        if codes.count(0) == n:  # no failure kept: the common case, all in C
+            ok = sorted(durations)
+        else:
+            ok = sorted(compress(durations, map(_SUCCESS, codes)))
+        return Window(n, len(ok), ok, self._at[self._next] if full else self._at[0])
 
     def resized(self, size: int) -> Ring:
         """The same edge's newest `size` results in a ring of that size; failures are kept."""
@@ -157,7 +166,7 @@ class RecentResults:
     """One ring per edge of the current target set, keyed like `ProbeState` (`Target.key`).
 
     Rings are made when an edge appears, not at its first result, so memory follows the target
-    set (13 bytes per result kept, per edge) and a late result of a removed target is ignored
+    set (17 bytes per result kept, per edge) and a late result of a removed target is ignored
     instead of bringing its ring back."""
 
     def __init__(self, size: int) -> None:

@@ -84,6 +84,16 @@
     return s >= 0 ? `in ${text}` : `${text} ago`;
   }
 
+  // Text with a line-break opportunity after each "/" (SPIFFE IDs, URLs), as text nodes.
+  function breakable(cls, text) {
+    const span = el("span", { class: cls });
+    String(text).split(/(?<=\/)/).forEach((part, i) => {
+      if (i) span.append(el("wbr"));
+      span.append(part);
+    });
+    return span;
+  }
+
   function badge(state) {
     return el("span", { class: `badge s-${state}`, text: STATE_TEXT[state] || state });
   }
@@ -270,7 +280,7 @@
       lastCell.append(el("span", { class: "muted", text: "not probed yet" }));
     } else if (last.success) {
       lastCell.append(`ok in ${ms(last.duration_seconds)}`,
-        last.status_code ? ` (HTTP ${last.status_code})` : "");
+        last.status_code ? `, HTTP ${last.status_code}` : "");
     } else {
       lastCell.append(el("strong", { class: "reason", text: last.reason }),
         el("span", { class: "detail", text: last.detail }));
@@ -287,7 +297,7 @@
       el("td", { class: "num", text: ms(e.window.p99_seconds) }),
       el("td", { class: "num", text: ms(e.budget_seconds) }),
       el("td", { text: (last && last.served_by) || "–" }),
-      el("td", {}, el("span", { class: "detail", text: tls ? (tls.identity || "–") + (tls.verified ? "" : ` (${tls.reason})`) : "–" })),
+      el("td", {}, breakable("identity", tls ? (tls.identity || "–") + (tls.verified ? "" : ` (${tls.reason})`) : "–")),
       el("td", { title: tls && tls.earliest_expiry ? when(tls.earliest_expiry) : null,
         text: tls && tls.earliest_expiry ? `${tls.earliest_expiry_role} ${fromNow(tls.earliest_expiry)}` : "–" }));
   }

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite from a fresh Debian 12 machine (run as root): installs what the tests need
-# (Debian's prometheus + alertmanager for promtool and the end-to-end stack, a venv with the package
-# and its test extras), then runs lint, types and every test.
+# (Debian's prometheus + alertmanager for promtool and the end-to-end stack, chromium +
+# chromedriver for the status page's browser tests, a venv with the package and its test
+# extras), then runs lint, types and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null \
-    || ! command -v prometheus-blackbox-exporter >/dev/null; then
+    || ! command -v prometheus-blackbox-exporter >/dev/null \
+    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends \
-        prometheus prometheus-alertmanager prometheus-blackbox-exporter >/dev/null
+        prometheus prometheus-alertmanager prometheus-blackbox-exporter \
+        chromium chromium-driver >/dev/null
 fi
 
 . scripts/venv.sh

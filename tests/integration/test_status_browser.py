@@ -175,6 +175,11 @@ async def test_the_page_shows_the_mesh_and_follows_a_failure_and_its_recovery(
                 )
                 == "ascending"
             )
+            targets = await page.run(
+                "return [...document.querySelectorAll('#edges tbody tr a[data-edge]')]"
+                ".map(a => a.innerText);"
+            )
+            assert targets == sorted(targets) and targets[0] == "app/api"  # no longer failing first
 
             # An https edge's page, opened from the keyboard: chain and chart.
             link = await page.run(

@@ -204,7 +204,7 @@
         cell = el("td", { "data-trust": "self" }, el("span", { class: "badge t-self", text: "this instance" }));
       } else if (c.peer) {
         cell = el("td", { "data-trust": c.peer.trust }, trustBadge(c.peer.trust),
-          c.peer.trust === "shares_root" ? null : el("span", { class: "detail", text: c.peer.detail }));
+          c.peer.detail === "ok" ? null : el("span", { class: "detail", text: c.peer.detail }));
       } else {
         cell = el("td", { "data-trust": "none" }, el("span", { class: "badge t-none", text: "no peer" }));
       }
@@ -441,7 +441,7 @@
     });
     if (points.length > 1) parts.unshift(svg("polyline", { class: "line", points: points.join(" ") }));
     parts.push(svg("line", { class: "budget", x1: left, x2: W - right, y1: y(budget), y2: y(budget) }));
-    parts.push(svg("text", { x: W - right - 4, y: y(budget) - 4, "text-anchor": "end" }, `budget ${ms(budget)}`));
+    parts.push(svg("text", { x: left + 4, y: y(budget) - 4 }, `budget ${ms(budget)}`));
     parts.push(svg("text", { x: left, y: H - 4 }, `last ${recent.length} results, oldest left`));
     chart.replaceChildren(...parts);
     const failed = recent.filter((r) => r.reason).length;

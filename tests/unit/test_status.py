@@ -21,7 +21,7 @@ from meshprobe.state.instance import InstanceStatus, PeerStatus
 from meshprobe.state.recent import RecentResults
 from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.names import summarize
-from meshprobe.web import status
+from meshprobe.web import statusedge
 from meshprobe.web.status import StatusView, edge_body, edge_id, status_body
 from meshprobe.web.statuspage import PAGE_FILES
 from tests.unit.test_state import target
@@ -233,16 +233,15 @@ def test_no_secret_and_bounded_outside_text(mesh: Mesh) -> None:
 
 
 def test_the_fast_edge_text_is_the_summary_encoded(mesh: Mesh) -> None:
-    """The list's rows are written as text for speed; they must say what `_summary` says, byte
+    """The list's rows are written as text for speed; they must say what `summary` says, byte
     for byte, also for text a server chose (quotes, control characters, a lone surrogate)."""
     mesh.record("fine", ProbeResult(False, 0.1, Reason.PROTOCOL, 'bad "x"\n\\ \udc80 é ' * 30))
     mesh.record("blip", ProbeResult(True, 1e-7, served_by="c2\u2028"))
     for stats in mesh.state.edges():
-        edge = status._Edge.of(stats, mesh.recent)
-        text = status._EdgeText.of(stats.target).encoded(edge)
-        assert text == status._ENCODER.encode(
-            status._summary(edge, detail_limit=status.SUMMARY_DETAIL)
-        )
+        edge = statusedge.EdgeFacts.of(stats, mesh.recent)
+        text = statusedge.EdgeText.of(stats.target).encoded(edge)
+        summary = statusedge.summary(edge, detail_limit=statusedge.SUMMARY_DETAIL)
+        assert text.encode("ascii") == statusedge.encode(summary)
 
 
 def test_an_unknown_edge_has_no_document(mesh: Mesh) -> None:

@@ -46,6 +46,7 @@ from meshprobe.config.sources import (
     MappingSource,
     loading,
 )
+from meshprobe.config.status import StatusSettings
 from meshprobe.config.targets import make_target, too_long
 from meshprobe.config.types import (
     ClusterName,
@@ -96,6 +97,7 @@ class Settings(BaseSettings):
     peers: list[PeerSpec] = []
     discovery: Discovery = Discovery()
     web: WebConfig = WebConfig()  # listener TLS and basic auth, exporter-toolkit keys
+    status: StatusSettings = StatusSettings()  # the status page's ring of recent results
 
     @classmethod
     def settings_customise_sources(

@@ -38,6 +38,7 @@ from meshprobe.peers import PeerWatcher, peer_echo_target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.state.edges import ProbeState, Transition
 from meshprobe.state.instance import InstanceStatus
+from meshprobe.state.recent import RecentResults
 from meshprobe.tasks import TaskSet
 from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.bundlesource import BundleWatcher
@@ -45,6 +46,7 @@ from meshprobe.trust.configfiles import load_trust_bundle
 from meshprobe.trust.identity import PublishedIdentity
 from meshprobe.web.listener import LIMITS, ListenerSecurity
 from meshprobe.web.server import build_app, start_site
+from meshprobe.web.status import StatusView
 from meshprobe.web.tls import FILES_PERIOD
 
 if TYPE_CHECKING:
@@ -76,6 +78,7 @@ class Daemon:
             resync_period=settings.discovery.kubernetes.resync_period
         )
         self.state = ProbeState(own_cluster=settings.cluster)
+        self.recent = RecentResults(settings.status.recent_results)  # the status page's window
         self.status = InstanceStatus(config_reload_timestamp=time.time())
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(
@@ -136,6 +139,7 @@ class Daemon:
             ready=self.is_ready,
             middlewares=[web.middleware],
             client_max_size=LIMITS.client_max_size,
+            status=StatusView(self.state, self.recent, self.status, lambda: self.settings),
         )
         app.on_response_prepare.append(web.on_response_prepare)
         for warning in web.warnings():
@@ -226,6 +230,7 @@ class Daemon:
             return False
         configure_logging(new.log_level, new.log_format)
         self.settings = new
+        self.recent.resize(new.status.recent_results)
         if self._env is not None:
             self._env.trust_domain = new.trust.trust_domain
             self._env.trust_domain_aliases = new.trust.accepted_aliases()
@@ -336,6 +341,7 @@ class Daemon:
         before = self._scheduler.targets
         self._load_client_certs(targets)
         self.state.set_targets(targets)
+        self.recent.set_targets(targets)
         added, removed = self._scheduler.reconcile(targets)
         for target in before - set(targets):
             self._env.forget(target)
@@ -357,6 +363,7 @@ class Daemon:
 
     def _on_result(self, target: Target, result: ProbeResult) -> None:
         transition = self.state.record(target, result)
+        self.recent.record(target, result, time.time())
         if transition is not None:
             _log_transition(transition)
         Hooks.call(self.hooks.result, target, result)

@@ -5,7 +5,7 @@ meshprobe responder behind TLS. Their certificates come from one root made at st
 intermediate per cluster (as Istio's plug-in `cacerts` are), or, with `--ca-mismatch`, cluster2's
 from a different root: the drift the seed guide's first "common issue" describes. cluster2 answers
 ~40 ms later, standing in for a region link. A real meshprobe daemon for cluster1 probes both and
-serves /metrics; the terminal shows a live table.
+serves its status page (the first line printed) and /metrics; the terminal shows a live table.
 """
 
 from __future__ import annotations
@@ -254,11 +254,12 @@ async def run_demo(
             await daemon.start()
             resources.push_async_callback(daemon.stop)
             host = listen.rsplit(":", 1)[0]
-            lines = [
+            lines = [  # the page first: it is what a person opens
+                f"status page: http://{host}:{daemon.port}/   (Ctrl-C to stop)",
                 f"meshprobe demo: cluster1 probing cluster1 (127.0.1.1) and cluster2 "
                 f"(127.0.2.1, +{remote_latency * 1000:.0f} ms)"
                 f"{' with a CA MISMATCH' if ca_mismatch else ''}",
-                f"metrics: http://{host}:{daemon.port}/metrics   (Ctrl-C to stop)",
+                f"metrics: http://{host}:{daemon.port}/metrics",
             ]
             if with_prometheus:
                 scaled = tmp / "rules.yaml"

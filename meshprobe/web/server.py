@@ -1,4 +1,4 @@
-"""The one HTTP listener: metrics, health, and the responder that peers probe.
+"""The one HTTP listener: metrics, the status page, health, and the responder that peers probe.
 
 There is deliberately no `/probe?target=` endpoint: meshprobe never probes an address a caller
 hands it, so the listener cannot be turned into a scanner.
@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from meshprobe.model import CLUSTER_HEADER
 from meshprobe.trust.identity import encode
+from meshprobe.web.status import StatusView
+from meshprobe.web.statuspage import add_status_routes
 
 # The encoded identity document, built when its inputs change (`identity.PublishedIdentity`), or
 # a mapping encoded per request for small fixed documents (the demo's, test responders').
@@ -35,10 +37,12 @@ def build_app(
     echo_delay: float = 0.0,
     middlewares: Sequence[Middleware] = (),
     client_max_size: int = 1024**2,
+    status: StatusView | None = None,
 ) -> web.Application:
     """`echo_delay` simulates network distance for the demo's far cluster; always 0 otherwise.
 
-    `middlewares` and `client_max_size` are the listener security's hooks (`weblistener`)."""
+    `middlewares` and `client_max_size` are the listener security's hooks (`weblistener`).
+    `status` adds the status page (`/`, `/v1/status`): a daemon's listener, not a responder's."""
     app = web.Application(middlewares=middlewares, client_max_size=client_max_size)
 
     async def echo(_: web.Request) -> web.Response:
@@ -67,6 +71,8 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     if registry is not None:
         app.router.add_get("/metrics", _metrics_handler(registry, edges))
+    if status is not None:
+        add_status_routes(app, status)
     return app
 
 

@@ -194,6 +194,7 @@ def test_demo_runs_two_clusters_and_shows_trust(mismatch: bool) -> None:
         if len(cols) >= 8 and cols[1] in ("cluster1", "cluster2"):
             rows[(cols[0], cols[1])] = cols
     assert ("demo/echo", "cluster1") in rows and ("demo/echo", "cluster2") in rows
+    assert out.stdout.startswith("status page: http://127.0.1.1:")  # the page's address first
     assert "metrics: http://127.0.1.1:" in out.stdout
     peer_line = "peer cluster2: up, " + ("CA MISMATCH" if mismatch else "shares our root CA")
     assert peer_line in out.stdout

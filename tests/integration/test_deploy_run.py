@@ -131,6 +131,9 @@ def test_wheel_holds_the_whole_package(image_venv: Path) -> None:
     assert installed.is_relative_to(image_venv)  # the wheel's copy, not the checkout
     source = {p.relative_to(ROOT / "meshprobe") for p in (ROOT / "meshprobe").rglob("*.py")}
     assert {p.relative_to(installed) for p in installed.rglob("*.py")} == source
+    # The status page's files are package data, not modules: the wheel must carry them too.
+    page = {p.relative_to(ROOT / "meshprobe") for p in (ROOT / "meshprobe/web/page").iterdir()}
+    assert page and all((installed / p).is_file() for p in page), page
     assert (image_venv / "bin" / "meshprobe").exists()  # the ENTRYPOINT's console script
 
 
@@ -190,6 +193,10 @@ async def _run_pod(docs: list[Obj], mesh: str, venv: Path, work: Path) -> dict[s
                 observed["live"] = (await _get(session, base + live))[0]
                 observed["identity"] = json.loads((await _get(session, base + "/v1/identity"))[1])
                 observed["metrics"] = (await _get(session, base + "/metrics"))[1]
+                observed["page"] = {
+                    path: (await _get(session, base + path))[0]
+                    for path in ("/", "/page/status.js", "/page/status.css", "/v1/status")
+                }
             observed["requests"] = list(kube.requests)
         finally:
             started = time.monotonic()
@@ -235,6 +242,7 @@ def test_built_pod_runs_from_the_wheel(
         in (observed["metrics"])
     )
     assert 'discovery="kubernetes"' in observed["metrics"]
+    assert set(observed["page"].values()) == {200}, observed["page"]  # the image's status page
     role = one(docs, "ClusterRole")
     calls = {(r.verb, r.resource, r.query.get("fieldSelector", "")) for r in observed["requests"]}
     assert ("list", "services", "") in calls and ("watch", "services", "") in calls

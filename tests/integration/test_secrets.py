@@ -70,6 +70,8 @@ async def test_credentials_stay_with_their_origin(tmp_path: Path) -> None:
         assert_no_secret(line, "the log")
     for name, body in endpoints.items():
         assert_no_secret(body, name)
+    assert "secret/dead" in endpoints["/v1/status"]  # the status page shows the edges ...
+    assert "***@127.0.0.1" in endpoints["/v1/status"]  # ... with their URLs redacted
     events = {json.loads(line)["event"] for line in logs}
     assert {"probe failing", "peer unreachable or invalid"} <= events
     # The credentials did reach the target's own origin, and only there.
@@ -108,7 +110,11 @@ async def run_until_failing_is_logged(
             await redirected_to.requested.wait()
         endpoints: dict[str, str] = {}
         async with aiohttp.ClientSession() as session:
-            for name in ("/", "/metrics", "/healthz", "/readyz", "/v1/identity", "/v1/echo"):
+            names = ["/", "/metrics", "/healthz", "/readyz", "/v1/identity", "/v1/echo"]
+            names.append("/v1/status")
+            async with session.get(f"http://127.0.0.1:{port}/v1/status") as resp:
+                names += [f"/v1/status/edges/{e['id']}" for e in (await resp.json())["edges"]]
+            for name in names:
                 async with session.get(f"http://127.0.0.1:{port}{name}") as resp:
                     endpoints[name] = f"{resp.status} {dict(resp.headers)} {await resp.text()}"
     finally:

@@ -49,6 +49,7 @@ class Reason(StrEnum):
     BODY_MISMATCH = "body_mismatch"
     BODY_TOO_LARGE = "body_too_large"
     PROTOCOL = "protocol"
+    GRPC_STATUS = "grpc_status"  # answered, but not OK or not SERVING: the code name in the detail
 
 
 class ProbeKind(StrEnum):
@@ -57,6 +58,7 @@ class ProbeKind(StrEnum):
     HTTP = "http"
     TCP = "tcp"
     TLS = "tls"
+    GRPC = "grpc"  # grpc:// (h2c) and grpcs:// (TLS, ALPN h2): grpc.health.v1.Health/Check
 
 
 class Scope(StrEnum):
@@ -80,15 +82,20 @@ class CertRole(StrEnum):
     ROOT = "root"
 
 
+# The schemes that speak TLS: their targets take `tls` options and carry TLS results.
+TLS_SCHEMES = frozenset({"https", "tls", "grpcs"})
+
 SCHEME_KIND: Mapping[str, ProbeKind] = {
     "http": ProbeKind.HTTP,
     "https": ProbeKind.HTTP,
     "tcp": ProbeKind.TCP,
     "tls": ProbeKind.TLS,
+    "grpc": ProbeKind.GRPC,
+    "grpcs": ProbeKind.GRPC,
 }
 
-# The reasons a probe of each kind can produce; the exporter pre-creates these failure counters at
-# zero so `increase()` sees the first failure of a new target.
+# The reasons a probe of each kind can produce (its failure counters are born with their first
+# failure; the rules count failures as probes minus successes).
 KIND_REASONS: Mapping[ProbeKind, tuple[Reason, ...]] = {
     ProbeKind.TCP: (
         Reason.TIMEOUT,
@@ -109,7 +116,21 @@ KIND_REASONS: Mapping[ProbeKind, tuple[Reason, ...]] = {
         Reason.TLS_IDENTITY,
         Reason.PROTOCOL,
     ),
-    ProbeKind.HTTP: tuple(Reason),
+    ProbeKind.HTTP: tuple(r for r in Reason if r is not Reason.GRPC_STATUS),
+    ProbeKind.GRPC: (
+        Reason.TIMEOUT,
+        Reason.DNS,
+        Reason.CONNECT_REFUSED,
+        Reason.CONNECT_ERROR,
+        Reason.RESET,
+        Reason.TLS_HANDSHAKE,
+        Reason.TLS_UNTRUSTED,
+        Reason.TLS_EXPIRED,
+        Reason.TLS_IDENTITY,
+        Reason.HTTP_STATUS,
+        Reason.GRPC_STATUS,
+        Reason.PROTOCOL,
+    ),
 }
 
 KIND_PHASES: Mapping[str, tuple[Phase, ...]] = {
@@ -117,6 +138,8 @@ KIND_PHASES: Mapping[str, tuple[Phase, ...]] = {
     "tls": (Phase.RESOLVE, Phase.CONNECT, Phase.TLS),
     "http": (Phase.RESOLVE, Phase.CONNECT, Phase.PROCESSING, Phase.TRANSFER),
     "https": tuple(Phase),
+    "grpc": (Phase.RESOLVE, Phase.CONNECT, Phase.PROCESSING),
+    "grpcs": (Phase.RESOLVE, Phase.CONNECT, Phase.TLS, Phase.PROCESSING),
 }
 
 
@@ -191,7 +214,8 @@ class Target:
     keepalive: bool = False
     follow_redirects: bool = False
     method: str = "GET"
-    headers: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # request headers; for grpc, the call's metadata
+    grpc_service: str = ""  # the health service a grpc probe asks about; "" is the whole server
     tls: TLSOptions = field(default_factory=TLSOptions)
     discovery: str = "static"
     metrics: MetricOptions = field(default_factory=MetricOptions)
@@ -207,7 +231,7 @@ class Target:
 
     @property
     def uses_tls(self) -> bool:
-        return self.scheme in ("https", "tls")
+        return self.scheme in TLS_SCHEMES
 
     @property
     def key(self) -> tuple[str, str, str]:

@@ -244,9 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
 
     probe = sub.add_parser("probe", help="probe one URL once and explain the result")
-    probe.add_argument("url", help="http://, https://, tcp://host:port or tls://host:port")
     probe.add_argument(
-        "--kind", choices=["http", "https", "tcp", "tls"], help="override the URL's scheme"
+        "url", help="http://, https://, tcp://host:port, tls://host:port, grpc(s)://host:port"
+    )
+    probe.add_argument(
+        "--kind",
+        choices=["http", "https", "tcp", "tls", "grpc", "grpcs"],
+        help="override the URL's scheme",
     )
     probe.add_argument("--ca-file", help="PEM bundle to verify against (default: system roots)")
     probe.add_argument("--identity", help="expected SPIFFE ID or DNS name of the server")

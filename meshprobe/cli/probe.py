@@ -13,7 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from meshprobe.cli.report import render
 from meshprobe.config.settings import ConfigError, format_issues, load_settings_from_mapping
-from meshprobe.model import Target
+from meshprobe.model import TLS_SCHEMES, Target
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.trust.anchors import TrustAnchors
 
@@ -50,7 +50,7 @@ async def probe_once(
 ) -> int:
     url = _with_scheme(url, kind)
     spec: dict[str, Any] = {"name": "cli", "url": url, "timeout": timeout}
-    if urlsplit(url).scheme in ("https", "tls"):
+    if urlsplit(url).scheme in TLS_SCHEMES:
         spec["tls"] = {
             "identity": identity,
             "ca_file": ca_file,

@@ -34,12 +34,20 @@ from meshprobe.config.types import (
     TrustDomain,
     split_url,
 )
-from meshprobe.model import DURATION_BUCKETS, MAX_BUCKETS, SCHEME_KIND, MetricOptions
+from meshprobe.model import (
+    DURATION_BUCKETS,
+    MAX_BUCKETS,
+    SCHEME_KIND,
+    TLS_SCHEMES,
+    MetricOptions,
+    ProbeKind,
+)
 
 __all__ = [
     "Budget",
     "ClientCertSpec",
     "Defaults",
+    "GrpcSpec",
     "HistogramSpec",
     "PeerSpec",
     "TLSSpec",
@@ -185,6 +193,38 @@ class TLSSpec(ClientCertSpec):
         return value
 
 
+_METADATA_KEY = re.compile(r"[0-9a-z_.-]+")
+
+
+class GrpcSpec(_Frozen):
+    """A grpc target's health check: the service asked about ("" = the server as a whole, as
+    grpc_health_probe and Kubernetes' grpc probes do) and the call's metadata."""
+
+    service: str = ""
+    metadata: dict[str, str] = {}
+
+    @field_validator("service")
+    @classmethod
+    def _service(cls, value: str) -> str:
+        if len(value) > 1024 or not value.isprintable():
+            raise ValueError("a service name is printable text of at most 1024 characters")
+        return value
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, val in value.items():
+            if not _METADATA_KEY.fullmatch(key):
+                raise ValueError(f"metadata key {key!r}: lowercase letters, digits, '-', '_', '.'")
+            if key.startswith("grpc-") or key in ("te", "content-type", "user-agent"):
+                raise ValueError(f"metadata key {key!r} is reserved by gRPC")
+            if key.endswith("-bin"):
+                raise ValueError(f"metadata key {key!r}: binary metadata is not supported")
+            if not val.isascii() or not val.isprintable():
+                raise ValueError(f"metadata {key!r}: the value must be printable ASCII")
+        return value
+
+
 class TargetSpec(_Frozen):
     name: LabelText
     url: str
@@ -200,6 +240,7 @@ class TargetSpec(_Frozen):
     method: str = "GET"
     headers: dict[str, str] = {}
     tls: TLSSpec | None = None
+    grpc: GrpcSpec | None = None
     histogram: HistogramSpec | None = None  # replaces defaults.histogram for this target
     phases: bool | None = None
 
@@ -207,7 +248,7 @@ class TargetSpec(_Frozen):
     @classmethod
     def _url(cls, value: str) -> str:
         parts = split_url(value, tuple(SCHEME_KIND))
-        if parts.scheme in ("tcp", "tls"):
+        if parts.scheme in ("tcp", "tls", "grpc", "grpcs"):
             if parts.port is None:
                 raise ValueError(f"{parts.scheme} URLs need an explicit port, e.g. host:443")
             if parts.path not in ("", "/") or parts.query:
@@ -244,9 +285,12 @@ class TargetSpec(_Frozen):
     @model_validator(mode="after")
     def _tls_needs_tls_scheme(self) -> TargetSpec:
         scheme = urlsplit(self.url).scheme
-        if self.tls is not None and scheme not in ("https", "tls"):
-            reason = f"tls options need an https:// or tls:// url, not {scheme}://"
+        if self.tls is not None and scheme not in TLS_SCHEMES:
+            reason = f"tls options need an https://, tls:// or grpcs:// url, not {scheme}://"
             raise_cross_field([(("tls",), reason)])
+        if self.grpc is not None and SCHEME_KIND.get(scheme) is not ProbeKind.GRPC:
+            reason = f"grpc options need a grpc:// or grpcs:// url, not {scheme}://"
+            raise_cross_field([(("grpc",), reason)])
         if "@" in urlsplit(self.url).netloc and any(
             name.lower() == "authorization" for name in self.headers
         ):

@@ -55,7 +55,7 @@ from meshprobe.config.types import (
 )
 from meshprobe.config.web import WebConfig
 from meshprobe.config.yamlfile import read_yaml_mapping
-from meshprobe.model import SCHEME_KIND, Scope, Target, TLSOptions
+from meshprobe.model import SCHEME_KIND, TLS_SCHEMES, Scope, Target, TLSOptions
 
 __all__ = [
     "Budget",
@@ -169,7 +169,7 @@ class Settings(BaseSettings):
 
     def _build_target(self, spec: TargetSpec) -> Target:
         tls = spec.tls or TLSSpec()
-        secure = spec.scheme in ("https", "tls")
+        secure = spec.scheme in TLS_SCHEMES
         client = tls.pair() or (self.defaults.tls.pair() if secure else None)
         return make_target(
             name=spec.name,
@@ -187,7 +187,8 @@ class Settings(BaseSettings):
             keepalive=spec.keepalive,
             follow_redirects=spec.follow_redirects,
             method=spec.method,
-            headers=tuple(sorted(spec.headers.items())),
+            headers=tuple(sorted((spec.grpc.metadata if spec.grpc else spec.headers).items())),
+            grpc_service=spec.grpc.service if spec.grpc else "",
             tls=TLSOptions(
                 ca_file=tls.ca_file,
                 identity=tls.identity,

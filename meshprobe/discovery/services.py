@@ -19,7 +19,7 @@ from typing import Any
 
 from meshprobe.config.durations import parse_duration
 from meshprobe.config.targets import TimeoutOverInterval, make_target
-from meshprobe.model import SCHEME_KIND, MetricOptions, Peer, Target, TLSOptions
+from meshprobe.model import SCHEME_KIND, TLS_SCHEMES, MetricOptions, Peer, Target, TLSOptions
 
 PREFIX = "meshprobe.io/"
 PROBE = PREFIX + "probe"
@@ -228,7 +228,7 @@ def build_target(
         if PATH in annotations:
             raise AnnotationError(PATH, f"{scheme} probes take no path")
         url = f"{scheme}://{_url_host(host)}:{number}"
-    client = defaults.client_cert if scheme in ("https", "tls") else None
+    client = defaults.client_cert if scheme in TLS_SCHEMES else None
     identity = annotations.get(IDENTITY)
     if identity is not None:
         identity = identity.strip()

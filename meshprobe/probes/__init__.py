@@ -14,6 +14,7 @@ import structlog
 
 from meshprobe.model import ProbeKind, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv
+from meshprobe.probes.grpc import probe_grpc
 from meshprobe.probes.http import probe_http
 from meshprobe.probes.tcp import probe_tcp
 from meshprobe.probes.tls import probe_tls
@@ -26,6 +27,7 @@ PROBES: Mapping[ProbeKind, ProbeFn] = {
     ProbeKind.HTTP: probe_http,
     ProbeKind.TCP: probe_tcp,
     ProbeKind.TLS: probe_tls,
+    ProbeKind.GRPC: probe_grpc,
 }
 
 

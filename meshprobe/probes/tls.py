@@ -23,6 +23,7 @@ __all__ = [
     "expected_name",
     "handshake_failure",
     "probe_tls",
+    "record_handshake",
     "refresh_recorder",
     "refusal_on_second_look",
     "server_refusal",
@@ -243,7 +244,8 @@ async def refusal_on_second_look(target: Target, tls: TLSBinding) -> str | None:
     return server_refusal(recorder, refused) if refused is not None else None
 
 
-def _record(attempt: Attempt, recorder: HandshakeRecorder) -> None:
+def record_handshake(attempt: Attempt, recorder: HandshakeRecorder) -> None:
+    """Settle the attempt's `tls` phase and verdict from the recorder (a settler)."""
     if recorder.duration is not None:
         attempt.phases[Phase.TLS] = recorder.duration
     elif recorder.started is not None:  # cut off mid-handshake: the time it took until then
@@ -258,7 +260,7 @@ async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRes
     except (OSError, ValueError) as exc:  # a ca_file we cannot read proves nothing is trusted
         return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
     recorder = tls.recorder
-    attempt.settlers.append(lambda a: _record(a, recorder))
+    attempt.settlers.append(lambda a: record_handshake(a, recorder))
     try:
         sock = await connect(await resolve(target, attempt), attempt)
     except ConnectFailed as exc:

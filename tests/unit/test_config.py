@@ -151,7 +151,7 @@ def test_unknown_keys_top_level_and_nested(tmp_path: Path) -> None:
 def test_unknown_scheme(tmp_path: Path) -> None:
     path = write(tmp_path, "cluster: c1\ntargets: [{name: a, url: 'ftp://a/x'}]\n")
     assert issues_of(path) == {
-        "targets.0.url": "unknown scheme 'ftp' (expected one of http, https, tcp, tls)"
+        "targets.0.url": "unknown scheme 'ftp' (expected one of http, https, tcp, tls, grpc, grpcs)"
     }
 
 
@@ -163,7 +163,7 @@ def test_unknown_scheme(tmp_path: Path) -> None:
         ("{name: a, url: 'http://:80/'}", "targets.0.url", "no host"),
         ("{name: a, url: 'http://a:99999/'}", "targets.0.url", "bad port"),
         ("{name: '', url: 'http://a'}", "targets.0.name", "must not be empty"),
-        ("{name: a, url: 'http://a', tls: {identity: x}}", "targets.0.tls", "https:// or tls://"),
+        ("{name: a, url: 'http://a', tls: {identity: x}}", "targets.0.tls", "https://, tls:// or grpcs://"),
         ("{name: a, url: 'tcp://a:1', tls: {}}", "targets.0.tls", "not tcp://"),
         ("{name: a, url: 'http://a', body_regex: '(['}", "targets.0.body_regex", "unterminated"),
         (
@@ -192,6 +192,20 @@ def test_unknown_scheme(tmp_path: Path) -> None:
             "go together",
         ),
         ("{name: a, url: 'https://a', tls: {alpn: []}}", "targets.0.tls.alpn", "at least one"),
+        ("{name: a, url: 'grpc://a'}", "targets.0.url", "explicit port"),
+        ("{name: a, url: 'grpc://a:1/x'}", "targets.0.url", "no path"),
+        ("{name: a, url: 'http://a', grpc: {service: x}}", "targets.0.grpc", "grpc:// or grpcs://"),
+        ("{name: a, url: 'grpc://a:1', tls: {}}", "targets.0.tls", "not grpc://"),
+        (
+            "{name: a, url: 'grpc://a:1', grpc: {metadata: {Bad: x}}}",
+            "targets.0.grpc.metadata",
+            "lowercase",
+        ),
+        (
+            "{name: a, url: 'grpc://a:1', grpc: {metadata: {grpc-timeout: 1S}}}",
+            "targets.0.grpc.metadata",
+            "reserved",
+        ),
         ("{name: a, url: 'https://a', tls: {alpn: ['']}}", "targets.0.tls.alpn", "ALPN"),
     ],
 )
@@ -221,6 +235,30 @@ def test_defaults_client_certificate_goes_to_https_and_tls_targets_only(tmp_path
     assert b.tls.client_pair == default and b.tls.alpn == ("h2",)
     assert c.tls.client_pair is None  # plain http goes through the sidecar, not as a client
     assert d.tls.client_pair == ("/own/c.pem", "/own/k.pem")
+
+
+def test_grpc_targets(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        cluster: c1
+        defaults:
+          tls: {cert_file: /c.pem, key_file: /k.pem}
+        targets:
+          - {name: a, url: "grpc://a:50051", grpc: {service: mesh.Echo, metadata: {x-tenant: t}}}
+          - {name: b, url: "grpcs://b:443", tls: {identity: spiffe://td/ns/b/sa/b}}
+        """,
+    )
+    a, b = load_settings(path, environ={}).build_targets()
+    assert (a.kind.value, a.port, a.grpc_service, a.headers) == (
+        "grpc",
+        50051,
+        "mesh.Echo",
+        (("x-tenant", "t"),),
+    )
+    assert a.tls.client_pair is None  # plaintext h2c presents no certificate
+    assert (b.kind.value, b.grpc_service, b.uses_tls) == ("grpc", "", True)
+    assert b.tls.client_pair == ("/c.pem", "/k.pem")
 
 
 def test_defaults_client_certificate_needs_both_files(tmp_path: Path) -> None:

@@ -1,0 +1,326 @@
+"""`grpc://` and `grpcs://` probes: the standard `grpc.health.v1.Health/Check` call over HTTP/2.
+
+No gRPC library: a health check is one unary call, and owning the connection is what makes it
+judged like the other kinds. We resolve and connect with the tcp probe's helpers (the `resolve`
+and `connect` phases), run TLS through the recording context (the whole presented chain against
+our bundle, SPIFFE identity, the handshake failing on an untrusted chain, our client certificate;
+ALPN `h2`), then speak HTTP/2 with the `h2` state machine: `processing` runs from the request to
+the trailers. gRPC libraries hide the presented chain behind their own TLS; grpcio does not run on
+asyncio at all.
+
+The two protobuf messages are one field each and are coded here by hand: a HealthCheckRequest
+is field 1 (string `service`), a HealthCheckResponse field 1 (enum `status`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from dataclasses import dataclass, field
+from typing import cast
+from urllib.parse import unquote
+
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+
+from meshprobe.model import USER_AGENT, Phase, ProbeResult, Reason, Target
+from meshprobe.probes.env import Attempt, ProbeEnv
+from meshprobe.probes.tcp import ConnectFailed, connect, resolve
+from meshprobe.probes.tls import (
+    TLSBinding,
+    handshake_failure,
+    record_handshake,
+    sni,
+    target_tls,
+)
+from meshprobe.trust.record import recording_into
+
+__all__ = ["GRPC_CODES", "SERVING_STATUS", "decode_status", "encode_request", "probe_grpc"]
+
+PATH = "/grpc.health.v1.Health/Check"
+_MAX_MESSAGE = 64 * 1024  # a HealthCheckResponse is 2 bytes; anything this big is not one
+
+GRPC_CODES = (
+    "OK",
+    "CANCELLED",
+    "UNKNOWN",
+    "INVALID_ARGUMENT",
+    "DEADLINE_EXCEEDED",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+    "PERMISSION_DENIED",
+    "RESOURCE_EXHAUSTED",
+    "FAILED_PRECONDITION",
+    "ABORTED",
+    "OUT_OF_RANGE",
+    "UNIMPLEMENTED",
+    "INTERNAL",
+    "UNAVAILABLE",
+    "DATA_LOSS",
+    "UNAUTHENTICATED",
+)
+SERVING_STATUS = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def encode_request(service: str) -> bytes:
+    """A length-prefixed, uncompressed HealthCheckRequest{service}."""
+    body = b""
+    if service:
+        raw = service.encode()
+        body = b"\x0a" + _varint(len(raw)) + raw
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def decode_status(message: bytes) -> int:
+    """The `status` of a HealthCheckResponse (0, UNKNOWN, when absent); ValueError if the bytes
+    are not one. Unknown fields are skipped, as protobuf readers must."""
+    status, i = 0, 0
+    while i < len(message):
+        key, i = _read_varint(message, i)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            value, i = _read_varint(message, i)
+            if number == 1:
+                status = value
+        elif wire == 2:
+            length, i = _read_varint(message, i)
+            i += length
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+        if i > len(message):
+            raise ValueError("truncated")
+    return status
+
+
+def _read_varint(data: bytes, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if i >= len(data) or shift > 63:
+            raise ValueError("bad varint")
+        byte = data[i]
+        value |= (byte & 0x7F) << shift
+        i += 1
+        if not byte & 0x80:
+            return value, i
+        shift += 7
+
+
+class _Failed(Exception):
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason, self.detail = reason, detail
+
+
+@dataclass(eq=False)
+class _Call(asyncio.Protocol):
+    """One health check on a fresh HTTP/2 connection: request on stream 1, then wait for its end.
+    `answered` is when the response headers came (the end of `processing`'s first part)."""
+
+    target: Target
+    authority: str
+    scheme: str
+    done: asyncio.Future[None]
+    h2conn: h2.connection.H2Connection = field(init=False)
+    transport: asyncio.Transport | None = None
+    status: int | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    trailers: dict[str, str] = field(default_factory=dict)
+    data: bytearray = field(default_factory=bytearray)
+    answered: float | None = None
+    spoke_h2: bool = False  # the server sent its SETTINGS: an HTTP/2 server's first words
+
+    def __post_init__(self) -> None:
+        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self.h2conn = h2.connection.H2Connection(config=config)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        conn = self.h2conn
+        conn.initiate_connection()
+        headers = [
+            (":method", "POST"),
+            (":scheme", self.scheme),
+            (":path", PATH),
+            (":authority", self.authority),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+            ("user-agent", USER_AGENT),
+            ("grpc-timeout", f"{max(1, int(self.target.timeout * 1000))}m"),
+            *self.target.headers,
+        ]
+        conn.send_headers(1, headers)
+        conn.send_data(1, encode_request(self.target.grpc_service), end_stream=True)
+        self.transport.write(conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2conn.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self._fail(Reason.PROTOCOL, f"not an HTTP/2 answer: {type(exc).__name__}: {exc}")
+            return
+        for event in events:
+            self._on(event)
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.h2conn.data_to_send())
+
+    def _on(self, event: h2.events.Event) -> None:
+        if isinstance(event, h2.events.RemoteSettingsChanged):
+            self.spoke_h2 = True
+        elif isinstance(event, h2.events.ResponseReceived):
+            self.answered = time.perf_counter()
+            self.headers = {str(k): str(v) for k, v in event.headers or ()}
+            self.status = int(self.headers.get(":status", "0"))
+            if event.stream_ended is not None:  # trailers-only: the status is in the headers
+                self.trailers = self.headers
+                self._end()
+        elif isinstance(event, h2.events.DataReceived):
+            self.data += event.data or b""
+            self.h2conn.acknowledge_received_data(event.flow_controlled_length or 0, 1)
+            if len(self.data) > _MAX_MESSAGE:
+                self._fail(Reason.PROTOCOL, f"response larger than {_MAX_MESSAGE} bytes")
+        elif isinstance(event, h2.events.TrailersReceived):
+            self.trailers = {str(k): str(v) for k, v in event.headers or ()}
+        elif isinstance(event, h2.events.StreamEnded):
+            self._end()
+        elif isinstance(event, h2.events.StreamReset):
+            self._fail(Reason.RESET, f"the server reset the call (HTTP/2 error {event.error_code})")
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            code = event.error_code
+            self._fail(Reason.RESET, f"the server closed the HTTP/2 connection (GOAWAY, {code})")
+
+    def _end(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def _fail(self, reason: Reason, detail: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(_Failed(reason, detail))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.done.done():
+            return
+        if not self.spoke_h2:  # an HTTP/1.1-only server drops the HTTP/2 preface unanswered
+            self._fail(Reason.PROTOCOL, "the server closed the connection without speaking HTTP/2")
+        elif isinstance(exc, ssl.SSLError | ConnectionResetError):
+            self._fail(Reason.RESET, f"connection lost before the answer: {exc}")
+        else:
+            self._fail(Reason.RESET, "the server closed the connection before the answer")
+
+
+def _verdict(call: _Call) -> tuple[Reason, str] | None:
+    """The call's outcome: None for SERVING, else why not."""
+    if call.status != 200:
+        return Reason.HTTP_STATUS, f"HTTP status {call.status}: not a gRPC answer"
+    if not call.headers.get("content-type", "").startswith("application/grpc"):
+        shown = call.headers.get("content-type", "none")
+        return Reason.PROTOCOL, f"content-type {shown!r}: not a gRPC answer"
+    raw = call.trailers.get("grpc-status")
+    if raw is None or not raw.isdigit():
+        return Reason.PROTOCOL, "the answer has no grpc-status"
+    code = int(raw)
+    if code != 0:
+        name = GRPC_CODES[code] if code < len(GRPC_CODES) else f"code {code}"
+        message = unquote(call.trailers.get("grpc-message", ""))[:256]
+        return Reason.GRPC_STATUS, f"gRPC status {name} ({code})" + (
+            f": {message}" if message else ""
+        )
+    data = bytes(call.data)
+    if len(data) < 5 or data[0] != 0 or int.from_bytes(data[1:5], "big") != len(data) - 5:
+        return Reason.PROTOCOL, "the answer is not one uncompressed gRPC message"
+    try:
+        status = decode_status(data[5:])
+    except ValueError as exc:
+        return Reason.PROTOCOL, f"not a HealthCheckResponse: {exc}"
+    if status != 1:
+        name = SERVING_STATUS[status] if status < len(SERVING_STATUS) else f"status {status}"
+        return Reason.GRPC_STATUS, f"health status {name}"
+    return None
+
+
+async def _open(
+    call: _Call, sock: socket.socket, target: Target, tls: TLSBinding | None
+) -> asyncio.BaseTransport:
+    """HTTP/2 over the connected socket, through TLS with ALPN h2 for grpcs; `_Failed` says why
+    not (a fault of our own verdict code propagates, for `run_probe` to log)."""
+    loop = asyncio.get_running_loop()
+    try:
+        if tls is None:
+            transport, _ = await loop.create_connection(lambda: call, sock=sock)
+            return transport
+        with recording_into(tls.recorder):
+            transport, _ = await loop.create_connection(
+                lambda: call, sock=sock, ssl=tls.context, server_hostname=sni(target) or ""
+            )
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        if isinstance(exc, TimeoutError):
+            raise
+        if tls is None:
+            raise _Failed(Reason.RESET, f"connection lost: {exc}") from None
+        mapped = handshake_failure(tls.recorder, exc)
+        if mapped is None:
+            assert tls.recorder.fault is not None
+            raise tls.recorder.fault from exc
+        raise _Failed(*mapped) from None
+    except BaseException:
+        sock.close()
+        raise
+    alpn = transport.get_extra_info("ssl_object").selected_alpn_protocol()
+    if alpn != "h2":
+        transport.abort()
+        raise _Failed(Reason.PROTOCOL, f"the server did not agree to h2 (ALPN: {alpn or 'none'})")
+    return transport
+
+
+async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
+    tls = None
+    if target.scheme == "grpcs":
+        try:
+            tls = target_tls(target, env, alpn=("h2",))
+        except (OSError, ValueError) as exc:
+            return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
+        recorder = tls.recorder
+        attempt.settlers.append(lambda a: record_handshake(a, recorder))
+    try:
+        sock = await connect(await resolve(target, attempt), attempt)
+    except ConnectFailed as exc:
+        return attempt.result(exc.reason, exc.detail)
+    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    authority = (tls and target.tls.server_name) or f"{target.host}:{target.port}"
+    call = _Call(target, authority, "https" if tls else "http", done)
+    try:
+        transport = await _open(call, sock, target, tls)
+    except _Failed as failed:
+        return attempt.result(failed.reason, failed.detail)
+    sent = time.perf_counter()
+    try:
+        await done
+    except _Failed as failed:
+        return attempt.result(failed.reason, failed.detail)
+    finally:
+        attempt.phases[Phase.PROCESSING] = time.perf_counter() - sent
+        attempt.tcp = None
+        attempt.note_tcp(sock)
+        transport.close()
+    verdict = _verdict(call)
+    return attempt.result(*verdict) if verdict is not None else attempt.result()

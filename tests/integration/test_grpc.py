@@ -1,0 +1,145 @@
+"""grpc:// and grpcs:// probes against the reference gRPC health server (grpcio-health-checking)
+on loopback, in its own threads, on both event loops (conftest): SERVING succeeds; NOT_SERVING and
+an unknown service fail with `grpc_status` and the code in the detail; an HTTP/1.1-only server,
+an untrusted chain and a hanging server fail with `protocol`, `tls_untrusted` and `timeout`; a
+SPIFFE-only leaf verifies by identity.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from meshprobe.demo import pki
+from meshprobe.model import Phase, ProbeKind, Reason
+from meshprobe.probes import ProbeEnv, run_probe
+from meshprobe.probes.grpc import decode_status, encode_request
+from tests.integration import faults
+from tests.integration.daemonkit import responder
+from tests.integration.faults import FaultServer, TestPki, make_target
+from tests.integration.test_cli import run as run_cli
+
+MESH_ID = "spiffe://cluster.local/ns/mesh/sa/grpc-echo"
+
+
+@contextlib.contextmanager
+def health_server(credentials: grpc.ServerCredentials | None = None) -> Iterator[int]:
+    """The reference health service: the server as a whole and `mesh.Echo` SERVING,
+    `mesh.Down` NOT_SERVING; anything else unknown."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    servicer.set("mesh.Echo", health_pb2.HealthCheckResponse.SERVING)
+    servicer.set("mesh.Down", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        yield port
+    finally:
+        server.stop(grace=None).wait(5)
+
+
+def credentials(leaf: pki.Issued, chain: pki.Issued) -> grpc.ServerCredentials:
+    return grpc.ssl_server_credentials([(leaf.key_pem(), leaf.cert_pem() + chain.cert_pem())])
+
+
+def test_the_messages_round_trip() -> None:
+    assert encode_request("") == b"\x00\x00\x00\x00\x00"
+    request = health_pb2.HealthCheckRequest(service="mesh.Echo").SerializeToString()
+    assert encode_request("mesh.Echo") == b"\x00" + len(request).to_bytes(4, "big") + request
+    for status in (0, 1, 2, 3):
+        wire = health_pb2.HealthCheckResponse(status=status).SerializeToString()  # type: ignore[arg-type]
+        assert decode_status(wire) == status
+    with pytest.raises(ValueError):
+        decode_status(b"\x08")  # a key without its value
+
+
+@pytest.mark.parametrize(
+    ("service", "reason", "fragment"),
+    [
+        ("", None, "ok"),
+        ("mesh.Echo", None, "ok"),
+        ("mesh.Down", Reason.GRPC_STATUS, "health status NOT_SERVING"),
+        ("mesh.Nobody", Reason.GRPC_STATUS, "gRPC status NOT_FOUND (5)"),
+    ],
+)
+async def test_plaintext_health_check(
+    env: ProbeEnv, service: str, reason: Reason | None, fragment: str
+) -> None:
+    with health_server() as port:
+        target = make_target(f"grpc://127.0.0.1:{port}", grpc_service=service)
+        assert target.kind is ProbeKind.GRPC
+        result = await run_probe(target, env)
+    assert (result.success, result.reason) == (reason is None, reason), result.detail
+    assert fragment in result.detail
+    assert set(result.phases) == {Phase.RESOLVE, Phase.CONNECT, Phase.PROCESSING}
+    assert result.duration >= sum(result.phases.values()) * 0.99
+
+
+async def test_grpcs_with_a_spiffe_only_leaf_verifies_by_identity(
+    env: ProbeEnv, test_pki: TestPki
+) -> None:
+    leaf = pki.make_leaf(test_pki.intermediate, None, uris=[MESH_ID])  # no DNS or IP name
+    with health_server(credentials(leaf, test_pki.intermediate)) as port:
+        target = make_target(
+            f"grpcs://127.0.0.1:{port}", grpc_service="mesh.Echo", tls={"identity": MESH_ID}
+        )
+        result = await run_probe(target, env)
+        wrong = make_target(
+            f"grpcs://127.0.0.1:{port}", tls={"identity": "spiffe://cluster.local/ns/x/sa/y"}
+        )
+        refused = await run_probe(wrong, env)
+    assert result.success, result.detail
+    assert result.tls is not None and result.tls.verified and result.tls.identity == MESH_ID
+    assert result.tls.version == "TLSv1.3"
+    assert set(result.phases) == {Phase.RESOLVE, Phase.CONNECT, Phase.TLS, Phase.PROCESSING}
+    assert refused.reason is Reason.TLS_IDENTITY, refused.detail
+
+
+async def test_grpcs_refuses_an_untrusted_chain_in_the_handshake(
+    env: ProbeEnv, test_pki: TestPki
+) -> None:
+    with health_server(credentials(test_pki.other_leaf, test_pki.other_intermediate)) as port:
+        result = await run_probe(make_target(f"grpcs://127.0.0.1:{port}"), env)
+    assert result.reason is Reason.TLS_UNTRUSTED, result.detail
+    assert result.detail.startswith("we refused the server:")
+    assert Phase.PROCESSING not in result.phases  # no request went to an untrusted server
+
+
+async def test_an_http1_only_server_is_a_protocol_failure(env: ProbeEnv, test_pki: TestPki) -> None:
+    """A real HTTP/1.1 server (aiohttp's): it answers the HTTP/2 preface with a 400 in plaintext,
+    and over TLS it does not offer h2 in ALPN."""
+    async with responder("cluster1") as port:
+        result = await run_probe(make_target(f"grpc://127.0.0.1:{port}"), env)
+    assert result.reason is Reason.PROTOCOL, result.detail
+    assert "HTTP/2" in result.detail
+    async with responder("cluster1", ssl_context=test_pki.good()) as port:
+        secure = await run_probe(make_target(f"grpcs://127.0.0.1:{port}"), env)
+    assert secure.reason is Reason.PROTOCOL, secure.detail
+    assert "did not agree to h2" in secure.detail
+
+
+async def test_a_hanging_server_times_out(env: ProbeEnv) -> None:
+    async with FaultServer(faults.hang) as srv:
+        result = await run_probe(make_target(f"grpc://127.0.0.1:{srv.port}", timeout=0.3), env)
+    assert result.reason is Reason.TIMEOUT, result.detail
+
+
+def test_meshprobe_probe_explains_one_grpc_call() -> None:
+    with health_server() as port:
+        good = run_cli("probe", f"grpc://127.0.0.1:{port}")
+        down = run_cli("probe", f"127.0.0.1:{port}", "--kind", "grpc")
+    assert good.returncode == 0, good.stdout + good.stderr
+    assert good.stdout.startswith(f"grpc probe of grpc://127.0.0.1:{port}: SUCCESS in ")
+    for phase in ("resolve", "connect", "processing"):
+        assert phase in good.stdout
+    assert down.returncode == 0  # --kind grpc on a bare host:port

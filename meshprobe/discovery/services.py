@@ -19,7 +19,15 @@ from typing import Any
 
 from meshprobe.config.durations import parse_duration
 from meshprobe.config.targets import TimeoutOverInterval, make_target
-from meshprobe.model import SCHEME_KIND, TLS_SCHEMES, MetricOptions, Peer, Target, TLSOptions
+from meshprobe.model import (
+    SCHEME_KIND,
+    TLS_SCHEMES,
+    MetricOptions,
+    Peer,
+    ProbeKind,
+    Target,
+    TLSOptions,
+)
 
 PREFIX = "meshprobe.io/"
 PROBE = PREFIX + "probe"
@@ -30,6 +38,7 @@ INTERVAL = PREFIX + "interval"
 TIMEOUT = PREFIX + "timeout"
 BUDGET = PREFIX + "latency-budget"
 IDENTITY = PREFIX + "identity"
+GRPC_SERVICE = PREFIX + "grpc-service"
 MIRRORED = "mirror.linkerd.io/mirrored-service"
 MIRROR_CLUSTER = "mirror.linkerd.io/cluster-name"
 APP_NAME = "app.kubernetes.io/name"
@@ -39,6 +48,9 @@ SOURCE_SERVICES = "kubernetes"  # the `discovery` label of annotated Services
 SOURCE_LINKERD = "linkerd"  # the `discovery` label of Linkerd mirrors (and peers found there)
 
 _PATH = re.compile(r"/[!-~]*")  # printable ASCII, no spaces
+# Service port appProtocol values that mean gRPC (Kubernetes' own h2c, and what Istio and Linkerd
+# read to pick their HTTP/2 handling).
+_GRPC_APP_PROTOCOLS = frozenset({"grpc", "kubernetes.io/h2c"})
 
 
 class AnnotationError(ValueError):
@@ -198,10 +210,13 @@ def _scheme(annotations: dict[str, str], port: dict[str, Any]) -> str:
     if scheme is not None:
         scheme = scheme.strip().lower()
         if scheme not in SCHEME_KIND:
-            raise AnnotationError(SCHEME, f"expected one of http, https, tcp, tls, got {scheme!r}")
+            expected = ", ".join(SCHEME_KIND)
+            raise AnnotationError(SCHEME, f"expected one of {expected}, got {scheme!r}")
         return scheme
-    hints = {str(port.get("name") or ""), str(port.get("appProtocol") or "")}
-    return "https" if "https" in hints else "http"
+    name, app = str(port.get("name") or ""), str(port.get("appProtocol") or "")
+    if app in _GRPC_APP_PROTOCOLS or name == "grpc" or name.startswith("grpc-"):
+        return "grpc"  # plaintext: through the sidecar, which adds the mesh's mTLS
+    return "https" if "https" in (name, app) else "http"
 
 
 def build_target(
@@ -214,7 +229,8 @@ def build_target(
 ) -> Target:
     ports = _ports(obj)
     scheme_hint = annotations.get(SCHEME, "").strip().lower()
-    port = _choose_port(ports, annotations, tuple(p for p in (scheme_hint, "http", "https") if p))
+    preferred = (scheme_hint, "http", "https", "grpc")
+    port = _choose_port(ports, annotations, tuple(p for p in preferred if p))
     number = _port_number(port)
     scheme = _scheme(annotations, port)
     host = service_host(obj, defaults)
@@ -232,10 +248,17 @@ def build_target(
     identity = annotations.get(IDENTITY)
     if identity is not None:
         identity = identity.strip()
-        if scheme not in ("https", "tls"):
-            raise AnnotationError(IDENTITY, f"an identity needs scheme https or tls, not {scheme}")
+        if scheme not in TLS_SCHEMES:
+            raise AnnotationError(
+                IDENTITY, f"an identity needs scheme https, tls or grpcs, not {scheme}"
+            )
         if not identity:
             raise AnnotationError(IDENTITY, "must not be empty")
+    grpc_service = annotations.get(GRPC_SERVICE)
+    if grpc_service is not None and SCHEME_KIND[scheme] is not ProbeKind.GRPC:
+        raise AnnotationError(
+            GRPC_SERVICE, f"a health service needs scheme grpc or grpcs, not {scheme}"
+        )
     try:
         return make_target(
             name=name,
@@ -249,6 +272,7 @@ def build_target(
             remote_budget=defaults.budget_remote,
             body_limit=defaults.body_limit,
             metrics=defaults.metrics,
+            grpc_service=(grpc_service or "").strip(),
             tls=TLSOptions(
                 identity=identity,
                 cert_file=client[0] if client is not None else None,

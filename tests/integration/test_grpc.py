@@ -10,18 +10,22 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from meshprobe.demo import pki
+from meshprobe.discovery import services as ann
 from meshprobe.model import Phase, ProbeKind, Reason
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.probes.grpc import decode_status, encode_request
 from tests.integration import faults
-from tests.integration.daemonkit import responder
+from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon
 from tests.integration.faults import FaultServer, TestPki, make_target
+from tests.integration.kubefake import FakeKube, service
+from tests.integration.kubekit import daemon_config, kube_daemon, targets_of, until_discovered
 from tests.integration.test_cli import run as run_cli
 
 MESH_ID = "spiffe://cluster.local/ns/mesh/sa/grpc-echo"
@@ -143,3 +147,41 @@ def test_meshprobe_probe_explains_one_grpc_call() -> None:
     for phase in ("resolve", "connect", "processing"):
         assert phase in good.stdout
     assert down.returncode == 0  # --kind grpc on a bare host:port
+
+
+async def test_a_service_with_app_protocol_grpc_becomes_a_grpc_target(tmp_path: Path) -> None:
+    """Through the real Kubernetes client against the fake API server: an annotated Service whose
+    port says `appProtocol: grpc` is probed with the health check, its service named by
+    `meshprobe.io/grpc-service`."""
+    with health_server() as port:
+        async with FakeKube() as fake:
+            kubeconfig = fake.write_kubeconfig(tmp_path / "kubeconfig")
+            obj = service(
+                "mesh",
+                "echo",
+                annotations={ann.PROBE: "true", ann.GRPC_SERVICE: "mesh.Down"},
+                ports=[("api", port)],
+            )
+            obj["spec"]["ports"][0]["appProtocol"] = "grpc"
+            fake.put("services", obj)
+            async with kube_daemon(tmp_path, daemon_config(kubeconfig)) as daemon:
+                rounds = Rounds(daemon)
+                await until_discovered(
+                    daemon, lambda: ("mesh/echo", "cluster1") in targets_of(daemon)
+                )
+                target = targets_of(daemon)[("mesh/echo", "cluster1")]
+                assert (target.url, target.grpc_service) == (
+                    f"grpc://127.0.0.1:{port}",
+                    "mesh.Down",
+                )
+                await rounds.wait(["mesh/echo"])
+                text = await scrape_daemon(daemon)
+    result = rounds.last["mesh/echo"]
+    assert result.reason is Reason.GRPC_STATUS and "NOT_SERVING" in result.detail
+    (failures,) = [
+        v
+        for lbl, v in samples(text, "meshprobe_probe_failures_total")
+        if lbl["target"] == "mesh/echo"
+    ]
+    assert failures >= 1
+    assert {lbl["probe"] for lbl, _ in samples(text, "meshprobe_probes_total")} == {"grpc"}

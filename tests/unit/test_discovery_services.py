@@ -108,6 +108,40 @@ def test_port_by_number_and_https_hint() -> None:
 
 
 @pytest.mark.parametrize(
+    ("port", "scheme"),
+    [
+        ({"name": "api", "port": 9000, "appProtocol": "grpc"}, "grpc"),
+        ({"name": "api", "port": 9000, "appProtocol": "kubernetes.io/h2c"}, "grpc"),
+        ({"name": "grpc", "port": 9000}, "grpc"),
+        ({"name": "grpc-web", "port": 9000}, "grpc"),
+        ({"name": "grpcish", "port": 9000}, "http"),
+    ],
+)
+def test_grpc_ports_become_grpc_targets(port: dict[str, Any], scheme: str) -> None:
+    found = classify(
+        svc(
+            annotations=probed(grpc_service="mesh.Echo") if scheme == "grpc" else probed(),
+            ports=[port],
+        ),
+        DEFAULTS,
+    )
+    assert found is not None and found.target is not None
+    assert found.target.scheme == scheme
+    if scheme == "grpc":
+        assert found.target.url == "grpc://api.prod.svc.cluster.local:9000"
+        assert found.target.grpc_service == "mesh.Echo"
+
+
+def test_grpcs_by_annotation_with_identity() -> None:
+    annotations = probed(scheme="grpcs", identity="spiffe://cluster.local/ns/prod/sa/api")
+    ports = [{"name": "http", "port": 80}, {"name": "grpcs", "port": 8443}]
+    found = classify(svc(annotations=annotations, ports=ports), DEFAULTS)
+    assert found is not None and found.target is not None
+    assert found.target.url == "grpcs://api.prod.svc.cluster.local:8443"
+    assert found.target.tls.identity == "spiffe://cluster.local/ns/prod/sa/api"
+
+
+@pytest.mark.parametrize(
     ("annotations", "ports", "annotation", "reason"),
     [
         ({ann.PROBE: "yes"}, None, ann.PROBE, 'expected "true" or "false"'),
@@ -124,7 +158,8 @@ def test_port_by_number_and_https_hint() -> None:
         (probed(timeout="20s"), None, ann.TIMEOUT, "longer than the interval"),
         (probed(interval="1s"), None, ann.INTERVAL, "longer than the interval"),
         (probed(latency_budget="-1ms"), None, ann.BUDGET, "invalid duration"),
-        (probed(identity="spiffe://x"), None, ann.IDENTITY, "needs scheme https or tls"),
+        (probed(identity="spiffe://x"), None, ann.IDENTITY, "needs scheme https, tls or grpcs"),
+        (probed(grpc_service="x"), None, ann.GRPC_SERVICE, "needs scheme grpc or grpcs"),
     ],
 )
 def test_malformed(

@@ -319,6 +319,10 @@ class ProbeResult:
     tls: TLSReport | None = None
     body_bytes: int = 0
     tcp: TCPStats | None = None  # None when no fresh connection was read (or not on Linux)
+    # grpc probes: the call's grpc-status code and the HealthCheckResponse's serving status
+    # (0 UNKNOWN, 1 SERVING, 2 NOT_SERVING, 3 SERVICE_UNKNOWN), when the answer carried them.
+    grpc_status: int | None = None
+    grpc_serving: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,18 @@ def _tcp_retransmits(name: str, edges: Sequence[Edge], add: Emit) -> None:
         add(f"{name}_total{{{text.labels}}} {s.tcp_retransmits_total}\n")
 
 
+def _grpc_status(name: str, edges: Sequence[Edge], add: Emit) -> None:
+    for s, text in edges:
+        if s.last is not None and s.last.grpc_status is not None:
+            add(f"{name}{{{text.labels}}} {s.last.grpc_status}\n")
+
+
+def _grpc_serving(name: str, edges: Sequence[Edge], add: Emit) -> None:
+    for s, text in edges:
+        if s.last is not None and s.last.grpc_serving is not None:
+            add(f"{name}{{{text.labels}}} {s.last.grpc_serving}\n")
+
+
 def _with_tls(edges: Sequence[Edge]) -> Iterator[tuple[_EdgeText, TLSReport]]:
     """TLS series exist only while the edge's last attempt saw a chain; the edge's TLS values are
     brought up to date with that chain on the way."""
@@ -244,6 +256,19 @@ FAMILIES: Sequence[Family] = (
         )
         if TCP_INFO_SUPPORTED
         else ()
+    ),
+    Family(
+        m.GRPC_STATUS_CODE,
+        "gauge",
+        "gRPC status code of the last health check that got one (0 OK, 5 NOT_FOUND, 14 ...).",
+        _grpc_status,
+    ),
+    Family(
+        m.GRPC_SERVING_STATUS,
+        "gauge",
+        "Serving status of the last health answer: 0 UNKNOWN, 1 SERVING, 2 NOT_SERVING, "
+        "3 SERVICE_UNKNOWN.",
+        _grpc_serving,
     ),
     Family(m.TLS_VERIFIED, "gauge", "Whether the last presented chain verified.", _tls_verified),
     Family(

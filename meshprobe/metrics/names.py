@@ -24,6 +24,8 @@ TLS_PEER_INFO: Final = "meshprobe_tls_peer_info"
 SERVED: Final = "meshprobe_served"  # counter, label served_by_cluster
 TCP_RTT: Final = "meshprobe_tcp_rtt_seconds"  # gauge, Linux only
 TCP_RETRANSMITS: Final = "meshprobe_tcp_retransmits"  # counter, Linux only
+GRPC_STATUS_CODE: Final = "meshprobe_grpc_status_code"  # grpc edges, last call with a status
+GRPC_SERVING_STATUS: Final = "meshprobe_grpc_serving_status"  # grpc edges, last health answer
 
 # Instance metrics.
 TRUST_ROOT_INFO: Final = "meshprobe_trust_root_info"

@@ -56,6 +56,8 @@ class Attempt:
     served_by: str | None = None
     body_bytes: int = 0
     tcp: TCPStats | None = None  # the kernel's view of the fresh connections read so far
+    grpc_status: int | None = None
+    grpc_serving: int | None = None
     # Every socket aiohttp made for this attempt, in order: happy eyeballs may make several per
     # connection, and only the winner is still open once the request has been sent.
     sockets: list[socket.socket] = field(default_factory=list)
@@ -87,6 +89,8 @@ class Attempt:
             tls=self.tls,
             body_bytes=self.body_bytes,
             tcp=self.tcp,
+            grpc_status=self.grpc_status,
+            grpc_serving=self.grpc_serving,
         )
 
     def note_tcp(self, sock: Any) -> None:

@@ -227,8 +227,9 @@ class _Call(asyncio.Protocol):
             self._fail(Reason.RESET, "the server closed the connection before the answer")
 
 
-def _verdict(call: _Call) -> tuple[Reason, str] | None:
-    """The call's outcome: None for SERVING, else why not."""
+def _verdict(call: _Call, attempt: Attempt) -> tuple[Reason, str] | None:
+    """The call's outcome: None for SERVING, else why not. The gRPC status and the serving
+    status go on the attempt when the answer carries them."""
     if call.status != 200:
         return Reason.HTTP_STATUS, f"HTTP status {call.status}: not a gRPC answer"
     if not call.headers.get("content-type", "").startswith("application/grpc"):
@@ -238,6 +239,7 @@ def _verdict(call: _Call) -> tuple[Reason, str] | None:
     if raw is None or not raw.isdigit():
         return Reason.PROTOCOL, "the answer has no grpc-status"
     code = int(raw)
+    attempt.grpc_status = code
     if code != 0:
         name = GRPC_CODES[code] if code < len(GRPC_CODES) else f"code {code}"
         message = unquote(call.trailers.get("grpc-message", ""))[:256]
@@ -251,6 +253,7 @@ def _verdict(call: _Call) -> tuple[Reason, str] | None:
         status = decode_status(data[5:])
     except ValueError as exc:
         return Reason.PROTOCOL, f"not a HealthCheckResponse: {exc}"
+    attempt.grpc_serving = status
     if status != 1:
         name = SERVING_STATUS[status] if status < len(SERVING_STATUS) else f"status {status}"
         return Reason.GRPC_STATUS, f"health status {name}"
@@ -322,5 +325,6 @@ async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRe
         attempt.tcp = None
         attempt.note_tcp(sock)
         transport.close()
-    verdict = _verdict(call)
+    attempt.status_code = call.status
+    verdict = _verdict(call, attempt)
     return attempt.result(*verdict) if verdict is not None else attempt.result()

@@ -68,16 +68,20 @@ def test_the_messages_round_trip() -> None:
 
 
 @pytest.mark.parametrize(
-    ("service", "reason", "fragment"),
+    ("service", "reason", "fragment", "codes"),
     [
-        ("", None, "ok"),
-        ("mesh.Echo", None, "ok"),
-        ("mesh.Down", Reason.GRPC_STATUS, "health status NOT_SERVING"),
-        ("mesh.Nobody", Reason.GRPC_STATUS, "gRPC status NOT_FOUND (5)"),
+        ("", None, "ok", (0, 1)),
+        ("mesh.Echo", None, "ok", (0, 1)),
+        ("mesh.Down", Reason.GRPC_STATUS, "health status NOT_SERVING", (0, 2)),
+        ("mesh.Nobody", Reason.GRPC_STATUS, "gRPC status NOT_FOUND (5)", (5, None)),
     ],
 )
 async def test_plaintext_health_check(
-    env: ProbeEnv, service: str, reason: Reason | None, fragment: str
+    env: ProbeEnv,
+    service: str,
+    reason: Reason | None,
+    fragment: str,
+    codes: tuple[int, int | None],
 ) -> None:
     with health_server() as port:
         target = make_target(f"grpc://127.0.0.1:{port}", grpc_service=service)
@@ -85,6 +89,7 @@ async def test_plaintext_health_check(
         result = await run_probe(target, env)
     assert (result.success, result.reason) == (reason is None, reason), result.detail
     assert fragment in result.detail
+    assert (result.grpc_status, result.grpc_serving) == codes
     assert set(result.phases) == {Phase.RESOLVE, Phase.CONNECT, Phase.PROCESSING}
     assert result.duration >= sum(result.phases.values()) * 0.99
 
@@ -185,3 +190,5 @@ async def test_a_service_with_app_protocol_grpc_becomes_a_grpc_target(tmp_path: 
     ]
     assert failures >= 1
     assert {lbl["probe"] for lbl, _ in samples(text, "meshprobe_probes_total")} == {"grpc"}
+    assert [v for _, v in samples(text, "meshprobe_grpc_status_code")] == [0.0]
+    assert [v for _, v in samples(text, "meshprobe_grpc_serving_status")] == [2.0]

@@ -163,7 +163,11 @@ def test_unknown_scheme(tmp_path: Path) -> None:
         ("{name: a, url: 'http://:80/'}", "targets.0.url", "no host"),
         ("{name: a, url: 'http://a:99999/'}", "targets.0.url", "bad port"),
         ("{name: '', url: 'http://a'}", "targets.0.name", "must not be empty"),
-        ("{name: a, url: 'http://a', tls: {identity: x}}", "targets.0.tls", "https://, tls:// or grpcs://"),
+        (
+            "{name: a, url: 'http://a', tls: {identity: x}}",
+            "targets.0.tls",
+            "https://, tls:// or grpcs://",
+        ),
         ("{name: a, url: 'tcp://a:1', tls: {}}", "targets.0.tls", "not tcp://"),
         ("{name: a, url: 'http://a', body_regex: '(['}", "targets.0.body_regex", "unterminated"),
         (

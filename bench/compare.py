@@ -2,7 +2,9 @@
 
 What it measures (all traffic on loopback):
 - **cost**: CPU-seconds of the prober process (utime+stime from /proc) per 1000 probes, at a fixed
-  probe rate R, for plain HTTP and HTTPS (fresh connection per probe for both probers);
+  probe rate R, for plain HTTP and HTTPS (fresh connection per probe for both probers), and for
+  gRPC health checks (`grpc:RATE`, plaintext h2c against grpcio's reference health server,
+  bench/grpctarget.py; a fresh connection per probe for both);
 - **timing error**: the prober's reported probe duration minus the target's injected delay,
   median and p99. Both are the wall clock each prober reports (meshprobe: start of the probe to the
   complete answer, resolve, connect, TLS and body included; blackbox: probe_duration_seconds);
@@ -123,12 +125,35 @@ class World:
         )
         assert self.server.stdout is not None
         self.ports: dict[str, int] = json.loads(self.server.stdout.readline())
+        # The gRPC health target: grpcio's reference server, with the same injected delay.
+        self.grpc_server = subprocess.Popen(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("grpctarget.py")),
+                *("--host", HOST, "--delay", str(delay)),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.grpc_server.stdout is not None
+        self.ports |= json.loads(self.grpc_server.stdout.readline())
 
     def url(self, proto: str) -> str:
+        if proto == "grpc":
+            return f"grpc://{HOST}:{self.ports[proto]}"
         return f"{proto}://{HOST}:{self.ports[proto]}/"
 
+    def blackbox_target(self, proto: str) -> str:
+        """blackbox_exporter's grpc prober takes host:port, its http prober a URL."""
+        return f"{HOST}:{self.ports[proto]}" if proto == "grpc" else self.url(proto)
+
+    def server_pid(self, proto: str) -> int:
+        return self.grpc_server.pid if proto == "grpc" else self.server.pid
+
     def close(self) -> dict[str, Any]:
-        """Stop the target; returns its own account of how late it answered."""
+        """Stop the targets; returns the http target's own account of how late it answered."""
+        self.grpc_server.send_signal(signal.SIGTERM)
+        self.grpc_server.communicate(timeout=10)
         self.server.send_signal(signal.SIGTERM)
         out, _ = self.server.communicate(timeout=10)
         lines = [line for line in out.splitlines() if line.startswith("{")]
@@ -225,9 +250,9 @@ def run_meshprobe_cost(world: World, proto: str, rate: int, window: float, warmu
         try:
             time.sleep(warmup + 1.0)  # every target's first run is spread over one interval
             text_a, _ = scrape(mp.port)
-            cpu_a, srv_a = cpu_seconds(mp.proc.pid), cpu_seconds(world.server.pid)
+            cpu_a, srv_a = cpu_seconds(mp.proc.pid), cpu_seconds(world.server_pid(proto))
             time.sleep(window)
-            cpu_b, srv_b = cpu_seconds(mp.proc.pid), cpu_seconds(world.server.pid)
+            cpu_b, srv_b = cpu_seconds(mp.proc.pid), cpu_seconds(world.server_pid(proto))
             text_b, _ = scrape(mp.port)
         finally:
             mp.close()
@@ -290,6 +315,11 @@ class Blackbox:
                         "tls_config": {"ca_file": str(world.ca)},
                     },
                 },
+                "grpc": {
+                    "prober": "grpc",
+                    "timeout": "2s",
+                    "grpc": {"preferred_ip_protocol": "ip4", "tls": False, "service": ""},
+                },
             }
         }
         path = workdir / "blackbox.yml"
@@ -326,7 +356,7 @@ async def drive_blackbox(
 ) -> tuple[int, list[float]]:
     """Open loop: request /probe every 1/rate s whatever the answers do."""
     url = f"http://127.0.0.1:{bb.port}/probe"
-    params = {"module": proto, "target": world.url(proto)}
+    params = {"module": proto, "target": world.blackbox_target(proto)}
     errors: list[float] = []
     done = 0
 
@@ -365,9 +395,9 @@ def run_blackbox(world: World, proto: str, rate: int, window: float, warmup: flo
         bb = Blackbox(world, Path(tmp))
         try:
             asyncio.run(drive_blackbox(bb, world, proto, rate, warmup))
-            cpu_a, srv_a = cpu_seconds(bb.proc.pid), cpu_seconds(world.server.pid)
+            cpu_a, srv_a = cpu_seconds(bb.proc.pid), cpu_seconds(world.server_pid(proto))
             done, errors = asyncio.run(drive_blackbox(bb, world, proto, rate, window))
-            cpu_b, srv_b = cpu_seconds(bb.proc.pid), cpu_seconds(world.server.pid)
+            cpu_b, srv_b = cpu_seconds(bb.proc.pid), cpu_seconds(world.server_pid(proto))
         finally:
             bb.close()
     cpu = cpu_b - cpu_a
@@ -481,7 +511,7 @@ def table(cases: list[Case]) -> str:
 
 def parse_case(text: str) -> tuple[str, int]:
     proto, _, rate = text.partition(":")
-    if proto not in ("http", "https") or not rate.isdigit():
+    if proto not in ("http", "https", "grpc") or not rate.isdigit():
         raise argparse.ArgumentTypeError(f"{text!r}: want PROTO:RATE, e.g. https:200")
     return proto, int(rate)
 
@@ -495,7 +525,10 @@ def main() -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["cost", "scale", "churn"])
     parser.add_argument("--out", default="bench/results.json")
     parser.add_argument(
-        "--cases", nargs="+", type=parse_case, help="PROTO:RATE cost cases (default: all six)"
+        "--cases",
+        nargs="+",
+        type=parse_case,
+        help="PROTO:RATE cost cases, PROTO http|https|grpc (default: the six http(s) cases)",
     )
     parser.add_argument("--blackbox", default=BLACKBOX, help="the blackbox_exporter binary")
     parser.add_argument(

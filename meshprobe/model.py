@@ -331,3 +331,4 @@ class Peer:
 
     cluster: str
     url: str  # base URL of the peer's listener
+    grpc_url: str | None = None  # grpc(s)://host:port of its gRPC health echo, when it has one

@@ -37,29 +37,37 @@ log = structlog.get_logger(__name__)
 PEER_TARGET_NAME = "meshprobe/echo"
 
 
-def peer_echo_target(
+def peer_echo_targets(
     peer: Peer,
     *,
     interval: float,
     timeout: float,
     budget: float,
     metrics: MetricOptions,
-) -> Target:
+) -> list[Target]:
     """Each peer's /v1/echo is an ordinary remote edge, so the cluster x cluster matrix has
-    latency for every pair even where no application service is exported yet."""
-    return make_target(
-        name=PEER_TARGET_NAME,
-        url=peer.url.rstrip("/") + "/v1/echo",
-        cluster=peer.cluster,
-        own_cluster="",  # a peer is another cluster: always remote
-        interval=interval,
-        timeout=timeout,
-        budget=budget,
-        local_budget=budget,
-        remote_budget=budget,
-        discovery="peer",
-        metrics=metrics,
-    )
+    latency for every pair even where no application service is exported yet; a peer with a
+    gRPC health echo (`grpc_url`) is also probed there, the same edge name with probe="grpc"."""
+    echoes = [(peer.url.rstrip("/") + "/v1/echo", "")]
+    if peer.grpc_url is not None:
+        echoes.append((peer.grpc_url, "meshprobe"))
+    return [
+        make_target(
+            name=PEER_TARGET_NAME,
+            url=url,
+            cluster=peer.cluster,
+            own_cluster="",  # a peer is another cluster: always remote
+            interval=interval,
+            timeout=timeout,
+            budget=budget,
+            local_budget=budget,
+            remote_budget=budget,
+            discovery="peer",
+            metrics=metrics,
+            grpc_service=service,
+        )
+        for url, service in echoes
+    ]
 
 
 async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -150,7 +150,7 @@ async def _run_daemon(
     thing at start, with the same checks and words as `check`) exits 2; a listen address this
     host refuses exits 1."""
     from meshprobe.config.settings import ConfigError  # noqa: PLC0415
-    from meshprobe.daemon.lifecycle import Daemon  # noqa: PLC0415
+    from meshprobe.daemon.lifecycle import Daemon, ListenFailed  # noqa: PLC0415
 
     daemon = Daemon(settings, config_path=path, web_config_path=web_path)
     stop = asyncio.Event()
@@ -163,6 +163,10 @@ async def _run_daemon(
     except ConfigError as exc:  # the bundle or a listener certificate, before anything started
         _print_invalid(exc, heading, path)
         return EXIT_INVALID_CONFIG
+    except ListenFailed as exc:
+        await daemon.stop()
+        print(f"meshprobe: cannot start: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_START
     except OSError as exc:
         listening = daemon.port is not None
         await daemon.stop()  # the probe environment start() had made before the listener

@@ -307,9 +307,22 @@ class TargetSpec(_Frozen):
 class PeerSpec(_Frozen):
     cluster: ClusterName
     url: str
+    # The peer's gRPC health echo (its `grpc_listen`), probed as the edge meshprobe/echo with
+    # probe="grpc" beside the HTTP one.
+    grpc_url: str | None = None
 
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
         split_url(value, ("http", "https"))
         return value.strip()
+
+    @field_validator("grpc_url")
+    @classmethod
+    def _grpc_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        parts = split_url(value, ("grpc", "grpcs"))
+        if parts.port is None or parts.path not in ("", "/") or parts.query:
+            raise ValueError("a gRPC echo is grpc://host:port or grpcs://host:port")
+        return value.strip().rstrip("/")

@@ -88,6 +88,9 @@ class Settings(BaseSettings):
 
     cluster: ClusterName
     listen: str = "0.0.0.0:9942"
+    # The echo's gRPC health service (grpc.health.v1.Health/Check), e.g. "0.0.0.0:9943", so peers
+    # can probe the cross-cluster gRPC path; off unless set.
+    grpc_listen: str | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "json", "console"] = "auto"
     concurrency: int = Field(default=256, ge=1)
@@ -118,10 +121,11 @@ class Settings(BaseSettings):
             MappingSource(settings_cls, current.file_data),
         )
 
-    @field_validator("listen")
+    @field_validator("listen", "grpc_listen")
     @classmethod
-    def _listen(cls, value: str) -> str:
-        split_host_port(value)
+    def _listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value)
         return value
 
     @model_validator(mode="after")

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from meshprobe.config.discovery import needs_kubernetes
 from meshprobe.config.settings import ConfigError, Settings, format_issues, load_settings
+from meshprobe.config.types import split_host_port
 from meshprobe.config.web import WebConfig, describe_web, effective_web_config
 from meshprobe.daemon.hooks import Hooks
 from meshprobe.daemon.logsetup import configure_logging
@@ -34,7 +35,7 @@ from meshprobe.metrics.edges import edge_exposition
 from meshprobe.metrics.instance import MeshprobeCollector
 from meshprobe.metrics.looplag import monitor_loop_lag
 from meshprobe.model import Peer, ProbeResult, Target
-from meshprobe.peers import PeerWatcher, peer_echo_target
+from meshprobe.peers import PeerWatcher, peer_echo_targets
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.state.edges import ProbeState, Transition
 from meshprobe.state.instance import InstanceStatus
@@ -44,6 +45,7 @@ from meshprobe.trust.anchors import TrustAnchors
 from meshprobe.trust.bundlesource import BundleWatcher
 from meshprobe.trust.configfiles import load_trust_bundle
 from meshprobe.trust.identity import PublishedIdentity
+from meshprobe.web.grpchealth import start_grpc_health
 from meshprobe.web.listener import LIMITS, ListenerSecurity
 from meshprobe.web.server import build_app, start_site
 from meshprobe.web.status import StatusView
@@ -53,6 +55,13 @@ if TYPE_CHECKING:
     from meshprobe.discovery.manager import Discovery
 
 log = structlog.get_logger(__name__)
+
+
+class ListenFailed(OSError):
+    """A listener other than the main one could not bind: its field and reason, said whole."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
 
 
 class Daemon:
@@ -95,6 +104,8 @@ class Daemon:
         self._env: ProbeEnv | None = None
         self._scheduler: Scheduler | None = None
         self._runner: web.AppRunner | None = None
+        self._grpc: asyncio.Server | None = None
+        self.grpc_port: int | None = None  # the echo's gRPC health port, when grpc_listen is set
         self.peers: PeerWatcher | None = None
         self.discovery: Discovery | None = None
         self._loop_handler: LoopErrorHandler | None = None
@@ -148,6 +159,7 @@ class Daemon:
         self._runner, self.port = await start_site(
             app, host, port, ssl_context=web.ssl_context, limits=LIMITS.runner_kwargs()
         )
+        await self._start_grpc_health(settings)
         if web.tls is not None:
             tls = web.tls
             self._tasks.start(
@@ -179,6 +191,18 @@ class Daemon:
             web=describe_web(web.config),
         )
 
+    async def _start_grpc_health(self, settings: Settings) -> None:
+        if settings.grpc_listen is None:
+            return
+        host, port = split_host_port(settings.grpc_listen)
+        try:
+            self._grpc, self.grpc_port = await start_grpc_health(settings.cluster, host, port)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            where = f"grpc_listen: cannot listen on {settings.grpc_listen}: {reason}"
+            raise ListenFailed(exc.errno or 0, where) from exc
+        log.info("gRPC health echo listening", grpc_listen=f"{host}:{self.grpc_port}")
+
     async def stop(self) -> None:
         """Cancel in-flight probes and close the listener; bounded so SIGTERM ends within 5 s."""
         self.ready = False
@@ -191,6 +215,9 @@ class Daemon:
         await self._tasks.aclose()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._grpc is not None:
+            self._grpc.close()
+            await self._grpc.wait_closed()
         if self.web is not None:
             self.web.close()
         if self._env is not None:
@@ -316,7 +343,7 @@ class Daemon:
         settings = self.settings
         found = self.discovery
         peers = merge_peers(
-            [Peer(p.cluster, p.url) for p in settings.peers],
+            [Peer(p.cluster, p.url, p.grpc_url) for p in settings.peers],
             found.peers() if found is not None else [],
             own_cluster=settings.cluster,
         )
@@ -324,14 +351,15 @@ class Daemon:
         if self.peers is not None:
             self.peers.set_peers(peers, interval=defaults.interval, timeout=defaults.timeout)
         static = settings.build_targets() + [
-            peer_echo_target(
+            echo
+            for peer in peers
+            for echo in peer_echo_targets(
                 peer,
                 interval=defaults.interval,
                 timeout=defaults.timeout,
                 budget=defaults.budget.remote,
                 metrics=defaults.metrics(None, None),
             )
-            for peer in peers
         ]
         targets, conflicts = merge_targets(static, found.targets() if found is not None else [])
         if conflicts != self._conflicts:

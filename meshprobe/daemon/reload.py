@@ -12,7 +12,7 @@ log = structlog.get_logger(__name__)
 def restart_only(old: Settings, new: Settings) -> Settings:
     """The reloaded settings with what only a restart may change put back: the listener,
     our cluster name, and where Kubernetes discovery and the trust ConfigMap come from."""
-    for field in ("cluster", "listen", "discovery"):
+    for field in ("cluster", "listen", "grpc_listen", "discovery"):
         if getattr(new, field) != getattr(old, field):
             log.warning("setting changes only on restart", field=field)
     trust = new.trust
@@ -28,6 +28,7 @@ def restart_only(old: Settings, new: Settings) -> Settings:
         update={
             "cluster": old.cluster,
             "listen": old.listen,
+            "grpc_listen": old.grpc_listen,
             "discovery": old.discovery,
             "trust": trust,
         }

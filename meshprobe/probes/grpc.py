@@ -27,7 +27,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-from meshprobe.model import USER_AGENT, Phase, ProbeResult, Reason, Target
+from meshprobe.model import CLUSTER_HEADER, USER_AGENT, Phase, ProbeResult, Reason, Target
 from meshprobe.probes.env import Attempt, ProbeEnv
 from meshprobe.probes.tcp import ConnectFailed, connect, resolve
 from meshprobe.probes.tls import (
@@ -39,7 +39,16 @@ from meshprobe.probes.tls import (
 )
 from meshprobe.trust.record import recording_into
 
-__all__ = ["GRPC_CODES", "SERVING_STATUS", "decode_status", "encode_request", "probe_grpc"]
+__all__ = [
+    "GRPC_CODES",
+    "PATH",
+    "SERVING_STATUS",
+    "decode_request",
+    "decode_status",
+    "encode_request",
+    "encode_response",
+    "probe_grpc",
+]
 
 PATH = "/grpc.health.v1.Health/Check"
 _MAX_MESSAGE = 64 * 1024  # a HealthCheckResponse is 2 bytes; anything this big is not one
@@ -87,19 +96,29 @@ def encode_request(service: str) -> bytes:
     return b"\x00" + len(body).to_bytes(4, "big") + body
 
 
-def decode_status(message: bytes) -> int:
-    """The `status` of a HealthCheckResponse (0, UNKNOWN, when absent); ValueError if the bytes
-    are not one. Unknown fields are skipped, as protobuf readers must."""
-    status, i = 0, 0
+def encode_response(status: int) -> bytes:
+    """A length-prefixed HealthCheckResponse{status} (the echo's answer)."""
+    body = b"\x08" + _varint(status)
+    return b"\x00" + len(body).to_bytes(4, "big") + body
+
+
+def _field_one(message: bytes, wire_type: int) -> int | bytes | None:
+    """Field 1 of a protobuf message of the given wire type (0 varint, 2 bytes), the last one
+    wins as in protobuf; ValueError if the bytes are not a message. Unknown fields are skipped,
+    as protobuf readers must."""
+    found: int | bytes | None = None
+    i = 0
     while i < len(message):
         key, i = _read_varint(message, i)
         number, wire = key >> 3, key & 7
         if wire == 0:
             value, i = _read_varint(message, i)
-            if number == 1:
-                status = value
+            if number == 1 and wire_type == 0:
+                found = value
         elif wire == 2:
             length, i = _read_varint(message, i)
+            if number == 1 and wire_type == 2:
+                found = message[i : i + length]
             i += length
         elif wire == 1:
             i += 8
@@ -109,7 +128,24 @@ def decode_status(message: bytes) -> int:
             raise ValueError(f"wire type {wire}")
         if i > len(message):
             raise ValueError("truncated")
-    return status
+    return found
+
+
+def decode_status(message: bytes) -> int:
+    """The `status` of a HealthCheckResponse (0, UNKNOWN, when absent)."""
+    value = _field_one(message, 0)
+    return value if isinstance(value, int) else 0
+
+
+def decode_request(framed: bytes) -> str:
+    """The `service` of a length-prefixed, uncompressed HealthCheckRequest."""
+    if len(framed) < 5 or framed[0] != 0 or int.from_bytes(framed[1:5], "big") != len(framed) - 5:
+        raise ValueError("not one uncompressed gRPC message")
+    value = _field_one(framed[5:], 2)
+    try:
+        return value.decode() if isinstance(value, bytes) else ""
+    except UnicodeDecodeError:
+        raise ValueError("service is not UTF-8") from None
 
 
 def _read_varint(data: bytes, i: int) -> tuple[int, int]:
@@ -326,5 +362,6 @@ async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRe
         attempt.note_tcp(sock)
         transport.close()
     attempt.status_code = call.status
+    attempt.served_by = call.headers.get(CLUSTER_HEADER.lower())
     verdict = _verdict(call, attempt)
     return attempt.result(*verdict) if verdict is not None else attempt.result()

@@ -7,7 +7,9 @@ SPIFFE-only leaf verifies by identity.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -22,7 +24,7 @@ from meshprobe.model import Phase, ProbeKind, Reason
 from meshprobe.probes import ProbeEnv, run_probe
 from meshprobe.probes.grpc import decode_status, encode_request
 from tests.integration import faults
-from tests.integration.daemonkit import Rounds, responder, samples, scrape_daemon
+from tests.integration.daemonkit import Rounds, probed_daemon, responder, samples, scrape_daemon
 from tests.integration.faults import FaultServer, TestPki, make_target
 from tests.integration.kubefake import FakeKube, service
 from tests.integration.kubekit import daemon_config, kube_daemon, targets_of, until_discovered
@@ -192,3 +194,86 @@ async def test_a_service_with_app_protocol_grpc_becomes_a_grpc_target(tmp_path: 
     assert {lbl["probe"] for lbl, _ in samples(text, "meshprobe_probes_total")} == {"grpc"}
     assert [v for _, v in samples(text, "meshprobe_grpc_status_code")] == [0.0]
     assert [v for _, v in samples(text, "meshprobe_grpc_serving_status")] == [2.0]
+
+
+async def test_the_echo_serves_the_grpc_health_service(env: ProbeEnv, tmp_path: Path) -> None:
+    """`grpc_listen`: our probe and grpcio's own client both get SERVING from the echo, which
+    names its cluster; an unknown service is NOT_FOUND, another method UNIMPLEMENTED."""
+    config = {"cluster": "cluster1", "listen": "127.0.0.1:0", "grpc_listen": "127.0.0.1:0"}
+    async with probed_daemon(tmp_path / "meshprobe.yaml", config) as (daemon, _):
+        port = daemon.grpc_port
+        assert port is not None
+        result = await run_probe(make_target(f"grpc://127.0.0.1:{port}"), env)
+        unknown = await run_probe(make_target(f"grpc://127.0.0.1:{port}", grpc_service="x"), env)
+
+        def with_grpcio() -> tuple[int, grpc.StatusCode, grpc.StatusCode]:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = health_pb2_grpc.HealthStub(channel)
+                serving = stub.Check(health_pb2.HealthCheckRequest(service="meshprobe"), timeout=5)
+                codes = []
+                for call in (
+                    lambda: stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=5),
+                    lambda: next(iter(stub.Watch(health_pb2.HealthCheckRequest(), timeout=5))),
+                ):
+                    with pytest.raises(grpc.RpcError) as err:
+                        call()
+                    codes.append(err.value.code())
+                return serving.status, codes[0], codes[1]
+
+        status, not_found, unimplemented = await asyncio.to_thread(with_grpcio)
+    assert result.success, result.detail
+    assert result.served_by == "cluster1"
+    assert unknown.reason is Reason.GRPC_STATUS and "NOT_FOUND" in unknown.detail
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert (not_found, unimplemented) == (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNIMPLEMENTED)
+
+
+def test_a_taken_grpc_listen_port_is_named_at_start(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        config = tmp_path / "meshprobe.yaml"
+        config.write_text(
+            f"cluster: c1\nlisten: 127.0.0.1:0\ngrpc_listen: 127.0.0.1:{port}\nlog_format: json\n"
+        )
+        out = run_cli("run", "--config", str(config))
+    assert out.returncode == 1, out.stderr
+    assert (
+        f"meshprobe: cannot start: grpc_listen: cannot listen on 127.0.0.1:{port}: " in out.stderr
+    )
+    assert "Traceback" not in out.stderr
+
+
+async def test_a_peer_with_a_grpc_echo_is_probed_over_grpc_too(tmp_path: Path) -> None:
+    """cluster1 names cluster2's gRPC echo (`peers[].grpc_url`): the edge meshprobe/echo exists
+    for both kinds, and the gRPC one is answered by cluster2."""
+    two = {"cluster": "cluster2", "listen": "127.0.0.1:0", "grpc_listen": "127.0.0.1:0"}
+    async with probed_daemon(tmp_path / "two.yaml", two) as (cluster2, _):
+        one = {
+            "cluster": "cluster1",
+            "listen": "127.0.0.1:0",
+            "defaults": {"interval": "1s", "timeout": "500ms"},
+            "peers": [
+                {
+                    "cluster": "cluster2",
+                    "url": f"http://127.0.0.1:{cluster2.port}",
+                    "grpc_url": f"grpc://127.0.0.1:{cluster2.grpc_port}",
+                }
+            ],
+        }
+        async with probed_daemon(tmp_path / "one.yaml", one) as (cluster1, rounds):
+            await rounds.wait(["meshprobe/echo"], at_least=4)
+            text = await scrape_daemon(cluster1)
+    success = {
+        lbl["probe"]: v
+        for lbl, v in samples(text, "meshprobe_probe_success")
+        if lbl["target"] == "meshprobe/echo"
+    }
+    assert success == {"http": 1.0, "grpc": 1.0}
+    served = {
+        (lbl["probe"], lbl["served_by_cluster"])
+        for lbl, _ in samples(text, "meshprobe_served_total")
+        if lbl["target"] == "meshprobe/echo"
+    }
+    assert ("grpc", "cluster2") in served

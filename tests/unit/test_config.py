@@ -374,6 +374,35 @@ def test_peer_checks(tmp_path: Path) -> None:
     assert "already at peers.1" in issues["peers.2.cluster"]
 
 
+def test_grpc_echo_settings(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        cluster: c1
+        grpc_listen: "not an address"
+        peers:
+          - {cluster: c2, url: "http://c2", grpc_url: "http://c2:9943"}
+          - {cluster: c3, url: "http://c3", grpc_url: "grpc://c3"}
+          - {cluster: c4, url: "http://c4", grpc_url: "grpcs://c4:9943"}
+        """,
+    )
+    issues = issues_of(path)
+    assert set(issues) == {"grpc_listen", "peers.0.grpc_url", "peers.1.grpc_url"}
+    assert "unknown scheme 'http'" in issues["peers.0.grpc_url"]
+    assert "grpc://host:port" in issues["peers.1.grpc_url"]
+    good = path.read_text().replace('"not an address"', '"0.0.0.0:9943"')
+    path.write_text(
+        good.replace("http://c2:9943", "grpc://c2:9943").replace("grpc://c3", "grpc://c3:1")
+    )
+    settings = load_settings(path, environ={})
+    assert settings.grpc_listen == "0.0.0.0:9943"
+    assert [p.grpc_url for p in settings.peers] == [
+        "grpc://c2:9943",
+        "grpc://c3:1",
+        "grpcs://c4:9943",
+    ]
+
+
 def test_env_overrides_file(tmp_path: Path) -> None:
     path = write(tmp_path, "cluster: c1\nlog_level: info\n")
     settings = load_settings(

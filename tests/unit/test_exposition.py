@@ -182,3 +182,40 @@ def test_lines_kept_between_scrapes_follow_the_target_and_the_chain() -> None:
     assert samples()[("meshprobe_tls_verified", ())] == 0.0
     state.set_targets([replace(BASE, budget=0.25)])
     assert samples()[("meshprobe_latency_budget_seconds", ())] == 0.25
+
+
+def test_grpc_edges_pass_promtool_with_their_status_gauges() -> None:
+    grpc_target = target("mesh/echo", scheme="grpc", url="grpc://127.0.0.1:9943")
+    down = target("mesh/down", scheme="grpc", url="grpc://127.0.0.1:9944")
+    state = ProbeState()
+    state.set_targets([grpc_target, down])
+    state.record(
+        grpc_target,
+        ProbeResult(success=True, duration=0.002, grpc_status=0, grpc_serving=1),
+    )
+    state.record(
+        down,
+        ProbeResult(
+            success=False, duration=0.002, reason=Reason.GRPC_STATUS, grpc_status=0, grpc_serving=2
+        ),
+    )
+    text = render(state)
+    values = {
+        (s.name, s.labels["target"]): s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name.startswith("meshprobe_grpc_")
+    }
+    assert values == {
+        ("meshprobe_grpc_status_code", "mesh/echo"): 0.0,
+        ("meshprobe_grpc_status_code", "mesh/down"): 0.0,
+        ("meshprobe_grpc_serving_status", "mesh/echo"): 1.0,
+        ("meshprobe_grpc_serving_status", "mesh/down"): 2.0,
+    }
+    assert 'reason="grpc_status"' in text and 'probe="grpc"' in text
+    promtool = shutil.which("promtool")
+    assert promtool is not None
+    lint = subprocess.run(
+        [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert lint.returncode == 0 and lint.stdout == "" and lint.stderr == "", lint.stderr

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 
@@ -156,6 +156,10 @@ def _trace_config() -> aiohttp.TraceConfig:
     return tc
 
 
+class Closable(Protocol):
+    def close(self) -> None: ...
+
+
 @dataclass(eq=False)
 class KeepAlive:
     """One target's persistent session: its context must be the same object across requests,
@@ -193,6 +197,9 @@ class ProbeEnv:
     )
     clients: ClientCertificates = field(default_factory=ClientCertificates, init=False)
     _keepalive: dict[Target, KeepAlive] = field(default_factory=dict, init=False, repr=False)
+    # Connections a probe kind keeps for a target across probes (grpc keepalive), closed when
+    # the target goes.
+    _kept: dict[Target, Closable] = field(default_factory=dict, init=False, repr=False)
     _ca_files: dict[str, _CachedAnchors] = field(default_factory=dict, init=False, repr=False)
     _patterns: dict[str, re.Pattern[str]] = field(default_factory=dict, init=False, repr=False)
     _closing: set[asyncio.Task[None]] = field(default_factory=set, init=False, repr=False)
@@ -307,16 +314,32 @@ class ProbeEnv:
             )
         return recorder
 
+    def kept(self, target: Target) -> Closable | None:
+        return self._kept.get(target)
+
+    def keep(self, target: Target, connection: Closable) -> None:
+        """Keep `connection` for the target's next probes (the one it replaces is closed)."""
+        old = self._kept.get(target)
+        if old is not None and old is not connection:
+            old.close()
+        self._kept[target] = connection
+
     def forget(self, target: Target) -> None:
         """Drop a removed target's context and keepalive session; the session is closed in the
         background because the scheduler calls this from synchronous code."""
         self._recorders.pop(target, None)
+        kept = self._kept.pop(target, None)
+        if kept is not None:
+            kept.close()
         entry = self._keepalive.pop(target, None)
         if entry is None:
             return
         self.spawn(entry.session.close())
 
     async def aclose(self) -> None:
+        for kept in self._kept.values():
+            kept.close()
+        self._kept.clear()
         sessions = [e.session for e in self._keepalive.values()]
         self._keepalive.clear()
         if self._fresh is not None:

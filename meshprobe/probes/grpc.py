@@ -15,7 +15,6 @@ is field 1 (string `service`), a HealthCheckResponse field 1 (enum `status`).
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,16 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
-from meshprobe.model import CLUSTER_HEADER, USER_AGENT, Phase, ProbeResult, Reason, Target
+from meshprobe.model import (
+    CLUSTER_HEADER,
+    KIND_PHASES,
+    USER_AGENT,
+    Phase,
+    ProbeResult,
+    Reason,
+    Target,
+    TLSReport,
+)
 from meshprobe.probes.env import Attempt, ProbeEnv
 from meshprobe.probes.tcp import ConnectFailed, connect, resolve
 from meshprobe.probes.tls import (
@@ -168,31 +176,49 @@ class _Failed(Exception):
 
 
 @dataclass(eq=False)
-class _Call(asyncio.Protocol):
-    """One health check on a fresh HTTP/2 connection: request on stream 1, then wait for its end.
-    `answered` is when the response headers came (the end of `processing`'s first part)."""
+class _Answer:
+    """One call's answer as it arrives; `done` resolves when the stream ends."""
 
-    target: Target
-    authority: str
-    scheme: str
+    stream: int
     done: asyncio.Future[None]
-    h2conn: h2.connection.H2Connection = field(init=False)
-    transport: asyncio.Transport | None = None
     status: int | None = None
     headers: dict[str, str] = field(default_factory=dict)
     trailers: dict[str, str] = field(default_factory=dict)
     data: bytearray = field(default_factory=bytearray)
-    answered: float | None = None
-    spoke_h2: bool = False  # the server sent its SETTINGS: an HTTP/2 server's first words
 
-    def __post_init__(self) -> None:
+    def end(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def fail(self, reason: Reason, detail: str) -> None:
+        if not self.done.done():
+            self.done.set_exception(_Failed(reason, detail))
+
+
+class _Connection(asyncio.Protocol):
+    """An HTTP/2 client connection carrying one health check at a time (a target's probes never
+    overlap): a fresh one per probe, or kept across probes with `keepalive: true`, a new stream
+    each time. Any failure makes it `dead`, so the next probe connects afresh."""
+
+    def __init__(self, authority: str, scheme: str) -> None:
+        self.authority, self.scheme = authority, scheme
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self.h2conn = h2.connection.H2Connection(config=config)
+        self.transport: asyncio.Transport | None = None
+        self.answer: _Answer | None = None
+        self.spoke_h2 = False  # the server sent its SETTINGS: an HTTP/2 server's first words
+        self.dead = False
+        self.tls: TLSReport | None = None  # the verdict this connection's handshake earned
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        self.h2conn.initiate_connection()
+        self._flush()
+
+    def call(self, target: Target) -> _Answer:
+        """Send one Health/Check on a new stream."""
         conn = self.h2conn
-        conn.initiate_connection()
+        stream = conn.get_next_available_stream_id()
         headers = [
             (":method", "POST"),
             (":scheme", self.scheme),
@@ -201,59 +227,74 @@ class _Call(asyncio.Protocol):
             ("content-type", "application/grpc"),
             ("te", "trailers"),
             ("user-agent", USER_AGENT),
-            ("grpc-timeout", f"{max(1, int(self.target.timeout * 1000))}m"),
-            *self.target.headers,
+            ("grpc-timeout", f"{max(1, int(target.timeout * 1000))}m"),
+            *target.headers,
         ]
-        conn.send_headers(1, headers)
-        conn.send_data(1, encode_request(self.target.grpc_service), end_stream=True)
-        self.transport.write(conn.data_to_send())
+        self.answer = _Answer(stream, asyncio.get_running_loop().create_future())
+        conn.send_headers(stream, headers)
+        conn.send_data(stream, encode_request(target.grpc_service), end_stream=True)
+        self._flush()
+        return self.answer
+
+    def _flush(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(self.h2conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         try:
             events = self.h2conn.receive_data(data)
         except h2.exceptions.ProtocolError as exc:
-            self._fail(Reason.PROTOCOL, f"not an HTTP/2 answer: {type(exc).__name__}: {exc}")
+            if self.h2conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
+                # Frames after the server's GOAWAY (a server shutting down sends a PING too).
+                self._fail(Reason.RESET, "the server closed the HTTP/2 connection (GOAWAY)")
+            else:
+                self._fail(Reason.PROTOCOL, f"not an HTTP/2 answer: {type(exc).__name__}: {exc}")
+            self.close()
             return
         for event in events:
             self._on(event)
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(self.h2conn.data_to_send())
+        self._flush()
 
     def _on(self, event: h2.events.Event) -> None:
+        answer = self.answer
         if isinstance(event, h2.events.RemoteSettingsChanged):
             self.spoke_h2 = True
-        elif isinstance(event, h2.events.ResponseReceived):
-            self.answered = time.perf_counter()
-            self.headers = {str(k): str(v) for k, v in event.headers or ()}
-            self.status = int(self.headers.get(":status", "0"))
-            if event.stream_ended is not None:  # trailers-only: the status is in the headers
-                self.trailers = self.headers
-                self._end()
-        elif isinstance(event, h2.events.DataReceived):
-            self.data += event.data or b""
-            self.h2conn.acknowledge_received_data(event.flow_controlled_length or 0, 1)
-            if len(self.data) > _MAX_MESSAGE:
-                self._fail(Reason.PROTOCOL, f"response larger than {_MAX_MESSAGE} bytes")
-        elif isinstance(event, h2.events.TrailersReceived):
-            self.trailers = {str(k): str(v) for k, v in event.headers or ()}
-        elif isinstance(event, h2.events.StreamEnded):
-            self._end()
-        elif isinstance(event, h2.events.StreamReset):
-            self._fail(Reason.RESET, f"the server reset the call (HTTP/2 error {event.error_code})")
         elif isinstance(event, h2.events.ConnectionTerminated):
             code = event.error_code
             self._fail(Reason.RESET, f"the server closed the HTTP/2 connection (GOAWAY, {code})")
-
-    def _end(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
+        elif answer is None or getattr(event, "stream_id", None) != answer.stream:
+            if isinstance(event, h2.events.DataReceived) and event.stream_id:
+                self.h2conn.acknowledge_received_data(
+                    event.flow_controlled_length or 0, event.stream_id
+                )
+        elif isinstance(event, h2.events.ResponseReceived):
+            answer.headers = {str(k): str(v) for k, v in event.headers or ()}
+            answer.status = int(answer.headers.get(":status", "0"))
+            if event.stream_ended is not None:  # trailers-only: the status is in the headers
+                answer.trailers = answer.headers
+                answer.end()
+        elif isinstance(event, h2.events.DataReceived):
+            answer.data += event.data or b""
+            self.h2conn.acknowledge_received_data(event.flow_controlled_length or 0, answer.stream)
+            if len(answer.data) > _MAX_MESSAGE:
+                self._fail(Reason.PROTOCOL, f"response larger than {_MAX_MESSAGE} bytes")
+        elif isinstance(event, h2.events.TrailersReceived):
+            answer.trailers = {str(k): str(v) for k, v in event.headers or ()}
+        elif isinstance(event, h2.events.StreamEnded):
+            answer.end()
+        elif isinstance(event, h2.events.StreamReset):
+            answer.fail(
+                Reason.RESET, f"the server reset the call (HTTP/2 error {event.error_code})"
+            )
 
     def _fail(self, reason: Reason, detail: str) -> None:
-        if not self.done.done():
-            self.done.set_exception(_Failed(reason, detail))
+        self.dead = True
+        if self.answer is not None:
+            self.answer.fail(reason, detail)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.done.done():
+        self.dead = True
+        if self.answer is None or self.answer.done.done():
             return
         if not self.spoke_h2:  # an HTTP/1.1-only server drops the HTTP/2 preface unanswered
             self._fail(Reason.PROTOCOL, "the server closed the connection without speaking HTTP/2")
@@ -262,8 +303,13 @@ class _Call(asyncio.Protocol):
         else:
             self._fail(Reason.RESET, "the server closed the connection before the answer")
 
+    def close(self) -> None:
+        self.dead = True
+        if self.transport is not None:
+            self.transport.close()
 
-def _verdict(call: _Call, attempt: Attempt) -> tuple[Reason, str] | None:
+
+def _verdict(call: _Answer, attempt: Attempt) -> tuple[Reason, str] | None:
     """The call's outcome: None for SERVING, else why not. The gRPC status and the serving
     status go on the attempt when the answer carries them."""
     if call.status != 200:
@@ -297,19 +343,26 @@ def _verdict(call: _Call, attempt: Attempt) -> tuple[Reason, str] | None:
 
 
 async def _open(
-    call: _Call, sock: socket.socket, target: Target, tls: TLSBinding | None
-) -> asyncio.BaseTransport:
-    """HTTP/2 over the connected socket, through TLS with ALPN h2 for grpcs; `_Failed` says why
-    not (a fault of our own verdict code propagates, for `run_probe` to log)."""
+    target: Target, env: ProbeEnv, attempt: Attempt, tls: TLSBinding | None
+) -> _Connection:
+    """A fresh connection: resolve and connect (their phases), then HTTP/2, through TLS with
+    ALPN h2 for grpcs; `_Failed` says why not (a fault of our own verdict code propagates, for
+    `run_probe` to log)."""
+    try:
+        sock = await connect(await resolve(target, attempt), attempt)
+    except ConnectFailed as exc:
+        raise _Failed(exc.reason, exc.detail) from None
+    authority = (tls and target.tls.server_name) or f"{target.host}:{target.port}"
+    conn = _Connection(authority, "https" if tls else "http")
     loop = asyncio.get_running_loop()
     try:
         if tls is None:
-            transport, _ = await loop.create_connection(lambda: call, sock=sock)
-            return transport
-        with recording_into(tls.recorder):
-            transport, _ = await loop.create_connection(
-                lambda: call, sock=sock, ssl=tls.context, server_hostname=sni(target) or ""
-            )
+            await loop.create_connection(lambda: conn, sock=sock)
+        else:
+            with recording_into(tls.recorder):
+                await loop.create_connection(
+                    lambda: conn, sock=sock, ssl=tls.context, server_hostname=sni(target) or ""
+                )
     except (ssl.SSLError, OSError) as exc:
         sock.close()
         if isinstance(exc, TimeoutError):
@@ -324,11 +377,18 @@ async def _open(
     except BaseException:
         sock.close()
         raise
-    alpn = transport.get_extra_info("ssl_object").selected_alpn_protocol()
-    if alpn != "h2":
-        transport.abort()
-        raise _Failed(Reason.PROTOCOL, f"the server did not agree to h2 (ALPN: {alpn or 'none'})")
-    return transport
+    attempt.tcp = None
+    attempt.note_tcp(sock)
+    if tls is not None:
+        assert conn.transport is not None
+        alpn = conn.transport.get_extra_info("ssl_object").selected_alpn_protocol()
+        if alpn != "h2":
+            conn.transport.abort()
+            raise _Failed(
+                Reason.PROTOCOL, f"the server did not agree to h2 (ALPN: {alpn or 'none'})"
+            )
+        conn.tls = tls.recorder.report
+    return conn
 
 
 async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeResult:
@@ -340,28 +400,30 @@ async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRe
             return attempt.result(Reason.TLS_UNTRUSTED, f"ca_file unusable: {exc}")
         recorder = tls.recorder
         attempt.settlers.append(lambda a: record_handshake(a, recorder))
-    try:
-        sock = await connect(await resolve(target, attempt), attempt)
-    except ConnectFailed as exc:
-        return attempt.result(exc.reason, exc.detail)
-    done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    authority = (tls and target.tls.server_name) or f"{target.host}:{target.port}"
-    call = _Call(target, authority, "https" if tls else "http", done)
-    try:
-        transport = await _open(call, sock, target, tls)
-    except _Failed as failed:
-        return attempt.result(failed.reason, failed.detail)
+    kept = env.kept(target) if target.keepalive else None
+    conn = kept if isinstance(kept, _Connection) and not kept.dead else None
+    if conn is not None:  # reused: nothing to resolve, connect or shake hands for
+        attempt.phases.update(dict.fromkeys(KIND_PHASES[target.scheme][:-1], 0.0))
+        attempt.tls = conn.tls
+    else:
+        try:
+            conn = await _open(target, env, attempt, tls)
+        except _Failed as failed:
+            return attempt.result(failed.reason, failed.detail)
+        if target.keepalive:
+            env.keep(target, conn)
     sent = time.perf_counter()
     try:
-        await done
+        answer = conn.call(target)
+        await answer.done
     except _Failed as failed:
+        conn.close()
         return attempt.result(failed.reason, failed.detail)
     finally:
         attempt.phases[Phase.PROCESSING] = time.perf_counter() - sent
-        attempt.tcp = None
-        attempt.note_tcp(sock)
-        transport.close()
-    attempt.status_code = call.status
-    attempt.served_by = call.headers.get(CLUSTER_HEADER.lower())
-    verdict = _verdict(call, attempt)
+        if not target.keepalive:
+            conn.close()
+    attempt.status_code = answer.status
+    attempt.served_by = answer.headers.get(CLUSTER_HEADER.lower())
+    verdict = _verdict(answer, attempt)
     return attempt.result(*verdict) if verdict is not None else attempt.result()

@@ -277,3 +277,29 @@ async def test_a_peer_with_a_grpc_echo_is_probed_over_grpc_too(tmp_path: Path) -
         if lbl["target"] == "meshprobe/echo"
     }
     assert ("grpc", "cluster2") in served
+
+
+async def test_keepalive_reuses_one_connection_and_reconnects_after_it_died(
+    env: ProbeEnv, test_pki: TestPki
+) -> None:
+    """`keepalive: true`: after the first probe the call goes on a new stream of the same
+    connection (resolve, connect and tls read 0, the chain's verdict stays with the
+    connection); once the server is gone the kept connection is dead: the probe fails, and the
+    next one connects afresh (refused) instead of writing into the dead one."""
+    leaf = pki.make_leaf(test_pki.intermediate, None, uris=[MESH_ID])
+    with health_server(credentials(leaf, test_pki.intermediate)) as port:
+        target = make_target(f"grpcs://127.0.0.1:{port}", keepalive=True, tls={"identity": MESH_ID})
+        results = [await run_probe(target, env) for _ in range(3)]
+    assert all(r.success for r in results), [r.detail for r in results]
+    assert results[0].phases[Phase.CONNECT] > 0 and results[0].phases[Phase.TLS] > 0
+    for reused in results[1:]:
+        assert reused.phases[Phase.CONNECT] == reused.phases[Phase.TLS] == 0.0
+        assert reused.tls is not None and reused.tls.identity == MESH_ID
+    gone = await run_probe(target, env)
+    assert gone.reason in (Reason.RESET, Reason.CONNECT_REFUSED), gone.detail
+    again = await run_probe(target, env)
+    assert again.reason is Reason.CONNECT_REFUSED, again.detail
+    with health_server() as port:
+        plain = make_target(f"grpc://127.0.0.1:{port}", keepalive=True)
+        first, second = await run_probe(plain, env), await run_probe(plain, env)
+    assert first.success and second.success and second.phases[Phase.CONNECT] == 0.0

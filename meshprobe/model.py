@@ -94,45 +94,6 @@ SCHEME_KIND: Mapping[str, ProbeKind] = {
     "grpcs": ProbeKind.GRPC,
 }
 
-# The reasons a probe of each kind can produce (its failure counters are born with their first
-# failure; the rules count failures as probes minus successes).
-KIND_REASONS: Mapping[ProbeKind, tuple[Reason, ...]] = {
-    ProbeKind.TCP: (
-        Reason.TIMEOUT,
-        Reason.DNS,
-        Reason.CONNECT_REFUSED,
-        Reason.CONNECT_ERROR,
-        Reason.PROTOCOL,
-    ),
-    ProbeKind.TLS: (
-        Reason.TIMEOUT,
-        Reason.DNS,
-        Reason.CONNECT_REFUSED,
-        Reason.CONNECT_ERROR,
-        Reason.RESET,
-        Reason.TLS_HANDSHAKE,
-        Reason.TLS_UNTRUSTED,
-        Reason.TLS_EXPIRED,
-        Reason.TLS_IDENTITY,
-        Reason.PROTOCOL,
-    ),
-    ProbeKind.HTTP: tuple(r for r in Reason if r is not Reason.GRPC_STATUS),
-    ProbeKind.GRPC: (
-        Reason.TIMEOUT,
-        Reason.DNS,
-        Reason.CONNECT_REFUSED,
-        Reason.CONNECT_ERROR,
-        Reason.RESET,
-        Reason.TLS_HANDSHAKE,
-        Reason.TLS_UNTRUSTED,
-        Reason.TLS_EXPIRED,
-        Reason.TLS_IDENTITY,
-        Reason.HTTP_STATUS,
-        Reason.GRPC_STATUS,
-        Reason.PROTOCOL,
-    ),
-}
-
 KIND_PHASES: Mapping[str, tuple[Phase, ...]] = {
     "tcp": (Phase.RESOLVE, Phase.CONNECT),
     "tls": (Phase.RESOLVE, Phase.CONNECT, Phase.TLS),

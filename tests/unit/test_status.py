@@ -162,6 +162,27 @@ def test_documents_follow_the_schema(mesh: Mesh) -> None:
     validate(json.loads(asyncio.run(status_body(empty))))
 
 
+def test_grpc_edges_follow_the_schema(mesh: Mesh) -> None:
+    """The documented schema knows the grpc kind, its schemes and its reason."""
+    grpc = target("app/grpc", scheme="grpcs", url="grpcs://127.0.0.1:5")
+    plain = target("app/grpc", scheme="grpc", url="grpc://127.0.0.1:6", cluster="c3")
+    targets = [*mesh.edges.values(), grpc, plain]
+    mesh.state.set_targets(targets)
+    mesh.recent.set_targets(targets)
+    for edge in (grpc, plain):
+        result = failed(Reason.GRPC_STATUS, "health status NOT_SERVING")
+        mesh.state.record(edge, result)
+        mesh.recent.record(edge, result, 2_000.0)
+    doc = mesh.document()
+    validate(doc)
+    rows = [e for e in doc["edges"] if e["target"] == "app/grpc"]
+    assert {(e["kind"], e["scheme"]) for e in rows} == {("grpc", "grpcs"), ("grpc", "grpc")}
+    for row in rows:
+        one = edge_body(mesh.view, row["id"])
+        assert one is not None
+        validate(json.loads(one), "edge_document")
+
+
 def test_the_schema_refuses_what_the_documents_must_not_be(mesh: Mesh) -> None:
     """The schema can fail: a state outside the enum, an unknown field, a missing one."""
     doc = mesh.document()

@@ -380,7 +380,7 @@
     $("phases").tBodies[0].replaceChildren(...Object.entries(doc.phases).map(([p, s]) =>
       el("tr", {}, el("th", { scope: "row", text: p }), el("td", { class: "num", text: ms(s) }))));
     if (!tls) {
-      $("chain-verdict").textContent = e.kind === "tcp" || e.scheme === "http" ? "No TLS on this edge."
+      $("chain-verdict").textContent = !["https", "tls", "grpcs"].includes(e.scheme) ? "No TLS on this edge."
         : "The last probe saw no chain (it failed before the handshake).";
       $("chain").tBodies[0].replaceChildren();
     } else {

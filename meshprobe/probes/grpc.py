@@ -414,7 +414,10 @@ async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRe
             env.keep(target, conn)
     sent = time.perf_counter()
     try:
-        answer = conn.call(target)
+        try:
+            answer = conn.call(target)
+        except h2.exceptions.ProtocolError as exc:  # closed by the server since we looked
+            raise _Failed(Reason.RESET, f"the kept HTTP/2 connection was closed: {exc}") from None
         await answer.done
     except _Failed as failed:
         conn.close()

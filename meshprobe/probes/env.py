@@ -33,6 +33,7 @@ __all__ = [
     "Attempt",
     "KeepAlive",
     "ProbeEnv",
+    "ProbeFailed",
     "TraceEvent",
     "sockets_of",
 ]
@@ -43,6 +44,16 @@ DETAIL_LIMIT = 1024
 
 # aiohttp's own timeouts are off: `run_probe` enforces `target.timeout` over the whole probe.
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None)
+
+
+class ProbeFailed(Exception):
+    """A failure already mapped to a reason, raised out of the helpers probes share (resolve,
+    connect, the TLS handshake) and out of a probe's own steps."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
 
 
 @dataclass(eq=False)

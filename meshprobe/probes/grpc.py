@@ -8,8 +8,8 @@ ALPN `h2`), then speak HTTP/2 with the `h2` state machine: `processing` runs fro
 the trailers. gRPC libraries hide the presented chain behind their own TLS; grpcio does not run on
 asyncio at all.
 
-The two protobuf messages are one field each and are coded here by hand: a HealthCheckRequest
-is field 1 (string `service`), a HealthCheckResponse field 1 (enum `status`).
+The wire format (framing, the two messages, the status names) is in `grpcwire`, shared with the
+echo's server.
 """
 
 from __future__ import annotations
@@ -36,143 +36,21 @@ from meshprobe.model import (
     Target,
     TLSReport,
 )
-from meshprobe.probes.env import Attempt, ProbeEnv
-from meshprobe.probes.tcp import ConnectFailed, connect, resolve
-from meshprobe.probes.tls import (
-    TLSBinding,
-    handshake_failure,
-    record_handshake,
-    sni,
-    target_tls,
+from meshprobe.probes.env import Attempt, ProbeEnv, ProbeFailed
+from meshprobe.probes.grpcwire import (
+    GRPC_CODES,
+    PATH,
+    SERVING_STATUS,
+    decode_status,
+    encode_request,
+    unframe,
 )
-from meshprobe.trust.record import recording_into
+from meshprobe.probes.tcp import connect, resolve
+from meshprobe.probes.tls import TLSBinding, record_handshake, shake_hands, target_tls
 
-__all__ = [
-    "GRPC_CODES",
-    "PATH",
-    "SERVING_STATUS",
-    "decode_request",
-    "decode_status",
-    "encode_request",
-    "encode_response",
-    "probe_grpc",
-]
+__all__ = ["probe_grpc"]
 
-PATH = "/grpc.health.v1.Health/Check"
 _MAX_MESSAGE = 64 * 1024  # a HealthCheckResponse is 2 bytes; anything this big is not one
-
-GRPC_CODES = (
-    "OK",
-    "CANCELLED",
-    "UNKNOWN",
-    "INVALID_ARGUMENT",
-    "DEADLINE_EXCEEDED",
-    "NOT_FOUND",
-    "ALREADY_EXISTS",
-    "PERMISSION_DENIED",
-    "RESOURCE_EXHAUSTED",
-    "FAILED_PRECONDITION",
-    "ABORTED",
-    "OUT_OF_RANGE",
-    "UNIMPLEMENTED",
-    "INTERNAL",
-    "UNAVAILABLE",
-    "DATA_LOSS",
-    "UNAUTHENTICATED",
-)
-SERVING_STATUS = ("UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN")
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def encode_request(service: str) -> bytes:
-    """A length-prefixed, uncompressed HealthCheckRequest{service}."""
-    body = b""
-    if service:
-        raw = service.encode()
-        body = b"\x0a" + _varint(len(raw)) + raw
-    return b"\x00" + len(body).to_bytes(4, "big") + body
-
-
-def encode_response(status: int) -> bytes:
-    """A length-prefixed HealthCheckResponse{status} (the echo's answer)."""
-    body = b"\x08" + _varint(status)
-    return b"\x00" + len(body).to_bytes(4, "big") + body
-
-
-def _field_one(message: bytes, wire_type: int) -> int | bytes | None:
-    """Field 1 of a protobuf message of the given wire type (0 varint, 2 bytes), the last one
-    wins as in protobuf; ValueError if the bytes are not a message. Unknown fields are skipped,
-    as protobuf readers must."""
-    found: int | bytes | None = None
-    i = 0
-    while i < len(message):
-        key, i = _read_varint(message, i)
-        number, wire = key >> 3, key & 7
-        if wire == 0:
-            value, i = _read_varint(message, i)
-            if number == 1 and wire_type == 0:
-                found = value
-        elif wire == 2:
-            length, i = _read_varint(message, i)
-            if number == 1 and wire_type == 2:
-                found = message[i : i + length]
-            i += length
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        if i > len(message):
-            raise ValueError("truncated")
-    return found
-
-
-def decode_status(message: bytes) -> int:
-    """The `status` of a HealthCheckResponse (0, UNKNOWN, when absent)."""
-    value = _field_one(message, 0)
-    return value if isinstance(value, int) else 0
-
-
-def decode_request(framed: bytes) -> str:
-    """The `service` of a length-prefixed, uncompressed HealthCheckRequest."""
-    if len(framed) < 5 or framed[0] != 0 or int.from_bytes(framed[1:5], "big") != len(framed) - 5:
-        raise ValueError("not one uncompressed gRPC message")
-    value = _field_one(framed[5:], 2)
-    try:
-        return value.decode() if isinstance(value, bytes) else ""
-    except UnicodeDecodeError:
-        raise ValueError("service is not UTF-8") from None
-
-
-def _read_varint(data: bytes, i: int) -> tuple[int, int]:
-    value, shift = 0, 0
-    while True:
-        if i >= len(data) or shift > 63:
-            raise ValueError("bad varint")
-        byte = data[i]
-        value |= (byte & 0x7F) << shift
-        i += 1
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-
-
-class _Failed(Exception):
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason, self.detail = reason, detail
 
 
 @dataclass(eq=False)
@@ -192,7 +70,7 @@ class _Answer:
 
     def fail(self, reason: Reason, detail: str) -> None:
         if not self.done.done():
-            self.done.set_exception(_Failed(reason, detail))
+            self.done.set_exception(ProbeFailed(reason, detail))
 
 
 class _Connection(asyncio.Protocol):
@@ -328,11 +206,12 @@ def _verdict(call: _Answer, attempt: Attempt) -> tuple[Reason, str] | None:
         return Reason.GRPC_STATUS, f"gRPC status {name} ({code})" + (
             f": {message}" if message else ""
         )
-    data = bytes(call.data)
-    if len(data) < 5 or data[0] != 0 or int.from_bytes(data[1:5], "big") != len(data) - 5:
+    try:
+        body = unframe(bytes(call.data))
+    except ValueError:
         return Reason.PROTOCOL, "the answer is not one uncompressed gRPC message"
     try:
-        status = decode_status(data[5:])
+        status = decode_status(body)
     except ValueError as exc:
         return Reason.PROTOCOL, f"not a HealthCheckResponse: {exc}"
     attempt.grpc_serving = status
@@ -342,41 +221,26 @@ def _verdict(call: _Answer, attempt: Attempt) -> tuple[Reason, str] | None:
     return None
 
 
-async def _open(
-    target: Target, env: ProbeEnv, attempt: Attempt, tls: TLSBinding | None
-) -> _Connection:
+async def _open(target: Target, attempt: Attempt, tls: TLSBinding | None) -> _Connection:
     """A fresh connection: resolve and connect (their phases), then HTTP/2, through TLS with
-    ALPN h2 for grpcs; `_Failed` says why not (a fault of our own verdict code propagates, for
-    `run_probe` to log)."""
-    try:
-        sock = await connect(await resolve(target, attempt), attempt)
-    except ConnectFailed as exc:
-        raise _Failed(exc.reason, exc.detail) from None
+    ALPN h2 for grpcs; `ProbeFailed` says why not (a fault of our own verdict code propagates,
+    for `run_probe` to log)."""
+    sock = await connect(await resolve(target, attempt), attempt)
     authority = (tls and target.tls.server_name) or f"{target.host}:{target.port}"
     conn = _Connection(authority, "https" if tls else "http")
-    loop = asyncio.get_running_loop()
-    try:
-        if tls is None:
-            await loop.create_connection(lambda: conn, sock=sock)
-        else:
-            with recording_into(tls.recorder):
-                await loop.create_connection(
-                    lambda: conn, sock=sock, ssl=tls.context, server_hostname=sni(target) or ""
-                )
-    except (ssl.SSLError, OSError) as exc:
-        sock.close()
-        if isinstance(exc, TimeoutError):
+    if tls is not None:
+        await shake_hands(lambda: conn, sock, target, tls)
+    else:
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: conn, sock=sock)
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, TimeoutError):
+                raise
+            raise ProbeFailed(Reason.RESET, f"connection lost: {exc}") from None
+        except BaseException:
+            sock.close()
             raise
-        if tls is None:
-            raise _Failed(Reason.RESET, f"connection lost: {exc}") from None
-        mapped = handshake_failure(tls.recorder, exc)
-        if mapped is None:
-            assert tls.recorder.fault is not None
-            raise tls.recorder.fault from exc
-        raise _Failed(*mapped) from None
-    except BaseException:
-        sock.close()
-        raise
     attempt.tcp = None
     attempt.note_tcp(sock)
     if tls is not None:
@@ -384,7 +248,7 @@ async def _open(
         alpn = conn.transport.get_extra_info("ssl_object").selected_alpn_protocol()
         if alpn != "h2":
             conn.transport.abort()
-            raise _Failed(
+            raise ProbeFailed(
                 Reason.PROTOCOL, f"the server did not agree to h2 (ALPN: {alpn or 'none'})"
             )
         conn.tls = tls.recorder.report
@@ -407,8 +271,8 @@ async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRe
         attempt.tls = conn.tls
     else:
         try:
-            conn = await _open(target, env, attempt, tls)
-        except _Failed as failed:
+            conn = await _open(target, attempt, tls)
+        except ProbeFailed as failed:
             return attempt.result(failed.reason, failed.detail)
         if target.keepalive:
             env.keep(target, conn)
@@ -417,9 +281,11 @@ async def probe_grpc(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRe
         try:
             answer = conn.call(target)
         except h2.exceptions.ProtocolError as exc:  # closed by the server since we looked
-            raise _Failed(Reason.RESET, f"the kept HTTP/2 connection was closed: {exc}") from None
+            raise ProbeFailed(
+                Reason.RESET, f"the kept HTTP/2 connection was closed: {exc}"
+            ) from None
         await answer.done
-    except _Failed as failed:
+    except ProbeFailed as failed:
         conn.close()
         return attempt.result(failed.reason, failed.detail)
     finally:

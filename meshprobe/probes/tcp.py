@@ -14,21 +14,12 @@ import time
 from typing import Any
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
-from meshprobe.probes.env import Attempt, ProbeEnv
+from meshprobe.probes.env import Attempt, ProbeEnv, ProbeFailed
 
-__all__ = ["Addr", "ConnectFailed", "connect", "connect_reason", "probe_tcp", "resolve"]
+__all__ = ["Addr", "connect", "connect_reason", "probe_tcp", "resolve"]
 
 # An address to try: (family, type, proto, sockaddr), in resolver order.
 Addr = tuple[int, int, int, tuple[Any, ...]]
-
-
-class ConnectFailed(Exception):
-    """A failure already mapped to a reason, raised out of the shared helpers."""
-
-    def __init__(self, reason: Reason, detail: str) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
 
 
 def _literal(host: str, port: int) -> Addr | None:
@@ -60,10 +51,10 @@ async def resolve(target: Target, attempt: Attempt) -> list[Addr]:
             host, target.port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
         )
     except socket.gaierror as exc:
-        raise ConnectFailed(Reason.DNS, f"cannot resolve {host}: {exc.strerror or exc}") from exc
+        raise ProbeFailed(Reason.DNS, f"cannot resolve {host}: {exc.strerror or exc}") from exc
     attempt.phases[Phase.RESOLVE] = time.perf_counter() - start
     if not infos:
-        raise ConnectFailed(Reason.DNS, f"{host} resolved to no address")
+        raise ProbeFailed(Reason.DNS, f"{host} resolved to no address")
     return [(family, kind, proto, tuple(addr)) for family, kind, proto, _, addr in infos]
 
 
@@ -107,7 +98,7 @@ async def connect(addrs: list[Addr], attempt: Attempt) -> socket.socket:
         attempt.note_tcp(sock)  # a retransmitted SYN shows here even when the connect succeeds
         return sock
     assert first_error is not None
-    raise ConnectFailed(
+    raise ProbeFailed(
         connect_reason(first_error), f"connect failed: {first_error.strerror or first_error}"
     ) from first_error
 
@@ -117,7 +108,7 @@ async def probe_tcp(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRes
     del env
     try:
         sock = await connect(await resolve(target, attempt), attempt)
-    except ConnectFailed as exc:
+    except ProbeFailed as exc:
         return attempt.result(exc.reason, exc.detail)
     result = attempt.result()
     sock.close()

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from meshprobe.model import Phase, ProbeResult, Reason, Target
-from meshprobe.probes.env import Attempt, ProbeEnv
-from meshprobe.probes.tcp import ConnectFailed, connect, resolve
+from meshprobe.probes.env import Attempt, ProbeEnv, ProbeFailed
+from meshprobe.probes.tcp import connect, resolve
 from meshprobe.trust.record import HandshakeRecorder, RecordingContext, recording_into
 
 __all__ = [
@@ -27,6 +29,7 @@ __all__ = [
     "refresh_recorder",
     "refusal_on_second_look",
     "server_refusal",
+    "shake_hands",
     "sni",
     "target_tls",
 ]
@@ -212,6 +215,53 @@ async def _close(transport: asyncio.Transport, closed: asyncio.Future[None]) -> 
             transport.abort()
 
 
+def _await_verdict(
+    recorder: HandshakeRecorder,
+) -> tuple[asyncio.Future[None], asyncio.Future[BaseException | None], Callable[[], _Watch]]:
+    """Futures for the connection's end and the server's first word after the handshake, the
+    recorder set to report that word, and the protocol factory that watches both."""
+    loop = asyncio.get_running_loop()
+    closed: asyncio.Future[None] = loop.create_future()
+    verdict: asyncio.Future[BaseException | None] = loop.create_future()
+
+    def heard(alert: ssl.SSLError | None) -> None:
+        if not verdict.done():
+            verdict.set_result(alert)
+
+    recorder.after_handshake = heard
+    return closed, verdict, lambda: _Watch(closed, verdict)
+
+
+async def shake_hands(
+    protocol: Callable[[], asyncio.BaseProtocol],
+    sock: socket.socket,
+    target: Target,
+    tls: TLSBinding,
+) -> asyncio.Transport:
+    """TLS on the connected socket through the target's context and recorder. A refused or
+    failed handshake closes the socket and raises `ProbeFailed` with the side that refused; a
+    fault of our own verdict code, and the deadline, propagate (`run_probe` handles both)."""
+    loop = asyncio.get_running_loop()
+    try:
+        with recording_into(tls.recorder):
+            transport, _ = await loop.create_connection(
+                protocol, sock=sock, ssl=tls.context, server_hostname=sni(target) or ""
+            )
+    except (ssl.SSLError, OSError) as exc:
+        sock.close()
+        if isinstance(exc, TimeoutError):
+            raise
+        mapped = handshake_failure(tls.recorder, exc)
+        if mapped is None:
+            assert tls.recorder.fault is not None
+            raise tls.recorder.fault from exc
+        raise ProbeFailed(*mapped) from None
+    except BaseException:
+        sock.close()
+        raise
+    return transport
+
+
 async def refusal_on_second_look(target: Target, tls: TLSBinding) -> str | None:
     """Why the server refused us, learnt from one more handshake that waits for its verdict.
 
@@ -221,14 +271,11 @@ async def refusal_on_second_look(target: Target, tls: TLSBinding) -> str | None:
     """
     recorder = replace(tls.recorder)
     recorder.new_attempt()
-    loop = asyncio.get_running_loop()
-    closed: asyncio.Future[None] = loop.create_future()
-    verdict: asyncio.Future[BaseException | None] = loop.create_future()
-    recorder.after_handshake = lambda alert: None if verdict.done() else verdict.set_result(alert)
+    _, verdict, watch = _await_verdict(recorder)
     try:
         with recording_into(recorder):
-            transport, _ = await loop.create_connection(
-                lambda: _Watch(closed, verdict),
+            transport, _ = await asyncio.get_running_loop().create_connection(
+                watch,
                 target.host.strip("[]"),
                 target.port,
                 ssl=tls.context,
@@ -263,37 +310,13 @@ async def probe_tls(target: Target, env: ProbeEnv, attempt: Attempt) -> ProbeRes
     attempt.settlers.append(lambda a: record_handshake(a, recorder))
     try:
         sock = await connect(await resolve(target, attempt), attempt)
-    except ConnectFailed as exc:
+    except ProbeFailed as exc:
         return attempt.result(exc.reason, exc.detail)
-    loop = asyncio.get_running_loop()
-    closed: asyncio.Future[None] = loop.create_future()
-    verdict: asyncio.Future[BaseException | None] = loop.create_future()
-
-    def heard(alert: ssl.SSLError | None) -> None:
-        if not verdict.done():
-            verdict.set_result(alert)
-
-    recorder.after_handshake = heard
+    closed, verdict, watch = _await_verdict(recorder)
     try:
-        with recording_into(recorder):
-            transport, _ = await loop.create_connection(
-                lambda: _Watch(closed, verdict),
-                sock=sock,
-                ssl=tls.context,
-                server_hostname=sni(target) or "",
-            )
-    except (ssl.SSLError, OSError) as exc:
-        sock.close()
-        if isinstance(exc, TimeoutError):
-            raise
-        mapped = handshake_failure(recorder, exc)
-        if mapped is None:
-            assert recorder.fault is not None
-            raise recorder.fault from exc
-        return attempt.result(*mapped)
-    except BaseException:
-        sock.close()
-        raise
+        transport = await shake_hands(watch, sock, target, tls)
+    except ProbeFailed as exc:
+        return attempt.result(exc.reason, exc.detail)
     attempt.tcp = None  # the connect's reading is superseded by this later, cumulative one
     attempt.note_tcp(sock)
     handshaken = time.perf_counter()

@@ -19,7 +19,7 @@ import h2.events
 import h2.exceptions
 
 from meshprobe.model import CLUSTER_HEADER
-from meshprobe.probes.grpc import PATH, decode_request, encode_response
+from meshprobe.probes.grpcwire import PATH, decode_request, encode_response
 
 __all__ = ["SERVICES", "start_grpc_health"]
 

@@ -22,7 +22,7 @@ from meshprobe.demo import pki
 from meshprobe.discovery import services as ann
 from meshprobe.model import Phase, ProbeKind, Reason
 from meshprobe.probes import ProbeEnv, run_probe
-from meshprobe.probes.grpc import decode_status, encode_request
+from meshprobe.probes.grpcwire import decode_status, encode_request
 from tests.integration import faults
 from tests.integration.daemonkit import Rounds, probed_daemon, responder, samples, scrape_daemon
 from tests.integration.faults import FaultServer, TestPki, make_target

@@ -150,7 +150,8 @@ async def _run_daemon(
     thing at start, with the same checks and words as `check`) exits 2; a listen address this
     host refuses exits 1."""
     from meshprobe.config.settings import ConfigError  # noqa: PLC0415
-    from meshprobe.daemon.lifecycle import Daemon, ListenFailed  # noqa: PLC0415
+    from meshprobe.daemon.lifecycle import Daemon  # noqa: PLC0415
+    from meshprobe.web.grpchealth import ListenFailed  # noqa: PLC0415
 
     daemon = Daemon(settings, config_path=path, web_config_path=web_path)
     stop = asyncio.Event()

@@ -23,7 +23,6 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 
 from meshprobe.config.discovery import needs_kubernetes
 from meshprobe.config.settings import ConfigError, Settings, format_issues, load_settings
-from meshprobe.config.types import split_host_port
 from meshprobe.config.web import WebConfig, describe_web, effective_web_config
 from meshprobe.daemon.hooks import Hooks
 from meshprobe.daemon.logsetup import configure_logging
@@ -55,13 +54,6 @@ if TYPE_CHECKING:
     from meshprobe.discovery.manager import Discovery
 
 log = structlog.get_logger(__name__)
-
-
-class ListenFailed(OSError):
-    """A listener other than the main one could not bind: its field and reason, said whole."""
-
-    def __str__(self) -> str:
-        return str(self.strerror)
 
 
 class Daemon:
@@ -159,7 +151,13 @@ class Daemon:
         self._runner, self.port = await start_site(
             app, host, port, ssl_context=web.ssl_context, limits=LIMITS.runner_kwargs()
         )
-        await self._start_grpc_health(settings)
+        if settings.grpc_listen is not None:
+            self._grpc, self.grpc_port = await start_grpc_health(
+                settings.cluster, settings.grpc_listen
+            )
+            log.info(
+                "gRPC health echo listening", grpc_listen=settings.grpc_listen, port=self.grpc_port
+            )
         if web.tls is not None:
             tls = web.tls
             self._tasks.start(
@@ -190,18 +188,6 @@ class Daemon:
             targets=len(self.state),
             web=describe_web(web.config),
         )
-
-    async def _start_grpc_health(self, settings: Settings) -> None:
-        if settings.grpc_listen is None:
-            return
-        host, port = split_host_port(settings.grpc_listen)
-        try:
-            self._grpc, self.grpc_port = await start_grpc_health(settings.cluster, host, port)
-        except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            where = f"grpc_listen: cannot listen on {settings.grpc_listen}: {reason}"
-            raise ListenFailed(exc.errno or 0, where) from exc
-        log.info("gRPC health echo listening", grpc_listen=f"{host}:{self.grpc_port}")
 
     async def stop(self) -> None:
         """Cancel in-flight probes and close the listener; bounded so SIGTERM ends within 5 s."""

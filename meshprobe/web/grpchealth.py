@@ -11,6 +11,7 @@ metadata, as the HTTP echo does in its header, so the probe sees who answered (f
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import cast
 
 import h2.config
@@ -18,10 +19,11 @@ import h2.connection
 import h2.events
 import h2.exceptions
 
+from meshprobe.config.types import split_host_port
 from meshprobe.model import CLUSTER_HEADER
 from meshprobe.probes.grpcwire import PATH, decode_request, encode_response
 
-__all__ = ["SERVICES", "start_grpc_health"]
+__all__ = ["SERVICES", "ListenFailed", "start_grpc_health"]
 
 SERVICES = ("", "meshprobe")  # what we answer SERVING for; anything else is NOT_FOUND
 _MAX_REQUEST = 64 * 1024
@@ -119,9 +121,23 @@ class _Connection(asyncio.Protocol):
         self._bodies.clear()
 
 
-async def start_grpc_health(cluster: str, host: str, port: int) -> tuple[asyncio.Server, int]:
-    """Listen on host:port (0: any free port); returns the server and the port it got."""
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _Connection(cluster), host, port)
-    bound = server.sockets[0].getsockname()[1]
-    return server, int(bound)
+class ListenFailed(OSError):
+    """A listener other than the main one could not bind: its field and reason, said whole."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+async def start_grpc_health(cluster: str, address: str) -> tuple[asyncio.Server, int]:
+    """Listen on `grpc_listen` (port 0: any free port); returns the server and the port it got.
+    A bind failure is `ListenFailed`, naming the setting and the address."""
+    host, port = split_host_port(address)
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            lambda: _Connection(cluster), host, port
+        )
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        where = f"grpc_listen: cannot listen on {address}: {reason}"
+        raise ListenFailed(exc.errno or 0, where) from exc
+    return server, int(server.sockets[0].getsockname()[1])

@@ -28,7 +28,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-import structlog
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
@@ -40,8 +39,6 @@ from meshprobe.trust.names import identity_of, summarize
 from meshprobe.trust.pem import read_pem_file, shown
 
 __all__ = ["RECHECK", "ClientCertificates", "ClientPair", "ClientSource", "load_pair"]
-
-log = structlog.get_logger(__name__)
 
 RECHECK = 30.0  # seconds after which the files are re-read even when `stat` shows no change
 _MAX_BYTES = 1024 * 1024  # a leaf, a few intermediates and a key; anything bigger is a wrong file
